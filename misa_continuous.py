@@ -1,0 +1,760 @@
+"""MISA: Mutual Information Regularized Offline RL (Ma, Kang, Xu, Lin, Yan; NeurIPS 2023, arXiv 2210.07484).
+
+    python misa_continuous.py --env-id walker2d-medium
+    python misa_continuous.py --env-id mujoco/walker2d/medium-v0 --save-model
+    python misa_continuous.py --resume runs/<run_name>/checkpoint.pt --total-timesteps 1200000
+
+One self-contained file, CleanRL style: data loading (Minari), twin ELU critics, a tanh-Gaussian actor, the
+mutual-information critic penalty (MISA / DV / f bounds), the policy loss whose partition-function gradient is
+estimated with Hamiltonian Monte Carlo samples, evaluation, TensorBoard logging and checkpoints.
+Written fresh from the algorithm description (docs/misa.md lists every implementation detail with line pointers);
+the defaults are those of the authors' released JAX code.
+
+Deviations from the released code, each for the reason given:
+1. The HMC chain runs once per gradient step and its samples serve the policy loss; the released code reruns it for
+   each of four losses. Same distribution, a quarter of the cost.
+2. The MISA critic penalty subtracts log K (number of samples) instead of log B. A constant: no gradient changes,
+   but the logged MI estimate is the real bound.
+3. The DV and f bounds are not in the released code; they are derived from the paper's definitions. The f bound's
+   exp(Q - 1) overflows float32 for MuJoCo-sized Q values, so above `--f-exp-cap` the exponential is continued
+   linearly (finite, still increasing, gradient exp(cap)). This only loosens the f bound where the cap is active.
+4. `--no-mcmc` (the "biased" ablation) drops the partition-gradient term from the policy loss and runs no chain.
+5. Actions are affinely mapped to [-1, 1] from the env's Box bounds (an identity for MuJoCo locomotion).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import random
+import re
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Literal, Optional
+from urllib.parse import urlparse
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import tyro
+
+
+@dataclass
+class Args:
+    exp_name: str = Path(__file__).stem
+    """the name of this experiment (part of the run name)"""
+    seed: int = 1
+    """seed of python, numpy, torch and the evaluation envs"""
+    torch_deterministic: bool = True
+    """sets torch.backends.cudnn.deterministic"""
+    cuda: bool = True
+    """use CUDA when it is available (--no-cuda forces the CPU)"""
+    track: bool = False
+    """log to Weights & Biases (needs `pip install wandb`)"""
+    wandb_project_name: str = "misa-pytorch"
+    """the W&B project"""
+    wandb_entity: Optional[str] = None
+    """the W&B entity (team)"""
+    save_model: bool = False
+    """write runs/<run_name>/checkpoint.pt at every evaluation (and the final one)"""
+    resume: Optional[str] = None
+    """path of a checkpoint.pt to continue; hyperparameters come from the checkpoint, and only --total-timesteps,
+    --save-model, --track and --cuda are taken from the command line"""
+
+    env_id: str = "walker2d-medium"
+    """a Minari dataset id (e.g. mujoco/walker2d/medium-v0) or a short D4RL-style name (e.g. hopper-medium-replay)"""
+    total_timesteps: int = 1_200_000
+    """number of gradient steps"""
+    eval_freq: int = 10_000
+    """evaluate every this many gradient steps"""
+    eval_episodes: int = 10
+    """deterministic episodes per evaluation"""
+    batch_size: int = 256
+    """transitions per gradient step"""
+    log_freq: int = 1_000
+    """read the losses back from the device and log them every this many steps"""
+    hidden_dim: int = 256
+    """width of every hidden layer of the actor and the critics"""
+    num_layers: int = 2
+    """number of hidden layers of the actor and the critics"""
+
+    gamma: float = 0.99
+    """discount factor"""
+    tau: float = 0.005
+    """Polyak rate of the target critics (updated every step)"""
+    policy_lr: float = 1e-4
+    """actor learning rate"""
+    q_lr: float = 3e-4
+    """critic learning rate"""
+    alpha_lr: float = 1e-4
+    """SAC temperature learning rate (log-alpha starts at 0, target entropy -dim(A))"""
+    action_clip: float = 0.999
+    """dataset actions are clipped to +-this so that atanh stays finite"""
+    reward_processing: Literal["auto", "none", "antmaze", "minmax"] = "auto"
+    """none: raw rewards; antmaze: (r-0.5)*4; minmax: scale rewards to [-1, 1]; auto picks from the dataset id"""
+
+    mi_bound: Literal["misa", "dv", "f"] = "misa"
+    """which mutual-information lower bound regularises the critics and the policy (tightest first)"""
+    min_q_weight: float = 5.0
+    """gamma1: weight of the MI penalty in the critic loss"""
+    likelihood_weight: float = 0.5
+    """weight of the (alpha*log pi(a~|s) - log pi(a_D|s)) term of the policy loss"""
+    partition_weight: float = 0.1
+    """weight of the partition-gradient term (log pi at the MCMC samples) of the policy loss"""
+    lagrange: bool = False
+    """tune the MI-penalty weight with a Lagrange multiplier instead of the fixed --min-q-weight"""
+    lagrange_target_gap: float = 3.0
+    """with --lagrange: the penalty value the multiplier aims for"""
+    f_exp_cap: float = 10.0
+    """f bound only: exp(x) is continued linearly above x = this value to stay finite"""
+    num_mc_samples: int = 50
+    """K: policy samples per state for the critic penalty, and kept MCMC samples per state"""
+    mcmc: bool = True
+    """estimate the partition gradient with HMC samples (--no-mcmc: drop that term, the 'biased' ablation)"""
+    mcmc_burnin: int = 5
+    """HMC transitions discarded before the K kept samples (step size adapts on the first 80% of them)"""
+    mcmc_leapfrog_steps: int = 2
+    """leapfrog steps per HMC transition"""
+    mcmc_step_size: float = 1.0
+    """initial HMC step size, shared by all chains and reset every gradient step"""
+
+
+# Short D4RL-style names resolve to the project's own D4RL-protocol datasets on the Gymnasium v5 envs
+# (tools/make_dataset.py builds them); the namespace is ours, never Farama's mujoco/ or D4RL/.
+DATASET_NAMESPACE = "misa-pytorch"
+SHORT_ENVS = ("halfcheetah", "hopper", "walker2d")
+SHORT_KINDS = ("random", "medium", "medium-replay", "expert", "medium-expert")
+# D4RL's reference returns (random, expert), used when a dataset carries no reference scores of its own.
+D4RL_REF_SCORES = {"halfcheetah": (-280.178953, 12135.0), "hopper": (-20.272305, 3234.3), "walker2d": (1.629008, 4592.3)}
+
+
+def fail(message: str) -> None:
+    """Exit with one line of error and no traceback: bad input is the user's to fix, not a crash."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def validate_args(args: Args) -> None:
+    checks = [
+        ("total-timesteps", args.total_timesteps >= 1, "an integer >= 1"),
+        ("eval-freq", args.eval_freq >= 1, "an integer >= 1"),
+        ("eval-episodes", args.eval_episodes >= 1, "an integer >= 1"),
+        ("batch-size", args.batch_size >= 1, "an integer >= 1"),
+        ("log-freq", args.log_freq >= 1, "an integer >= 1"),
+        ("hidden-dim", args.hidden_dim >= 1, "an integer >= 1"),
+        ("num-layers", args.num_layers >= 1, "an integer >= 1"),
+        ("gamma", 0.0 <= args.gamma <= 1.0, "a number in [0, 1]"),
+        ("tau", 0.0 < args.tau <= 1.0, "a number in (0, 1]"),
+        ("policy-lr", args.policy_lr > 0, "a number > 0"),
+        ("q-lr", args.q_lr > 0, "a number > 0"),
+        ("alpha-lr", args.alpha_lr > 0, "a number > 0"),
+        ("action-clip", 0.0 < args.action_clip < 1.0, "a number in (0, 1)"),
+        ("min-q-weight", args.min_q_weight >= 0, "a number >= 0"),
+        ("likelihood-weight", args.likelihood_weight >= 0, "a number >= 0"),
+        ("partition-weight", args.partition_weight >= 0, "a number >= 0"),
+        ("f-exp-cap", 0 < args.f_exp_cap <= 80, "a number in (0, 80] (exp(80) is near float32's limit)"),
+        ("num-mc-samples", args.num_mc_samples >= 1, "an integer >= 1"),
+        ("mcmc-burnin", args.mcmc_burnin >= 0, "an integer >= 0"),
+        ("mcmc-leapfrog-steps", args.mcmc_leapfrog_steps >= 1, "an integer >= 1"),
+        ("mcmc-step-size", args.mcmc_step_size > 0, "a number > 0"),
+    ]
+    for flag, ok, accepted in checks:
+        if not ok:
+            fail(f"--{flag} must be {accepted}, got {getattr(args, flag.replace('-', '_'))}")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Data
+def resolve_dataset_id(env_id: str) -> tuple[str, Optional[str]]:
+    """Returns (minari id, short name or None)."""
+    if "/" in env_id:
+        return env_id, None
+    match = re.fullmatch(r"(\w+?)-(.+)", env_id)
+    if not match or match.group(1) not in SHORT_ENVS or match.group(2) not in SHORT_KINDS:
+        valid = ", ".join(f"{e}-{k}" for e in SHORT_ENVS for k in SHORT_KINDS)
+        fail(f"--env-id {env_id!r} is neither a Minari id (namespace/name-vN) nor a known short name ({valid})")
+    env, kind = match.groups()
+    return f"{DATASET_NAMESPACE}/{env}/{kind}-v0", env_id
+
+
+def remote_reachable(timeout: float = 3.0) -> bool:
+    """Minari's remote is the Hugging Face hub; probe it so that an offline machine fails in seconds, not minutes."""
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        return False
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def load_dataset(env_id: str):
+    import minari
+    from minari.storage.datasets_root_dir import get_dataset_path
+
+    dataset_id, short_name = resolve_dataset_id(env_id)
+    local = (get_dataset_path(dataset_id) / "data").exists()
+    if not local and short_name is not None:
+        # Our D4RL-protocol datasets are built locally, never downloaded: build it now if the builder is at hand.
+        builder = next((p for p in (Path(__file__).parent / "tools" / "make_dataset.py",
+                                    Path(__file__).parent.parent / "tools" / "make_dataset.py") if p.exists()), None)
+        if builder is None:
+            fail(f"dataset {dataset_id} ({short_name}) is not built yet; build it with "
+                 f"`python tools/make_dataset.py {short_name}` from the project root")
+        print(f"dataset {dataset_id} is not built yet: building it now with {builder} (a few minutes, once)")
+        if subprocess.run([sys.executable, str(builder), short_name]).returncode != 0:
+            fail(f"building {dataset_id} failed (see above); rerun `python {builder} {short_name}`")
+    elif not local:
+        if not remote_reachable():
+            fail(f"dataset {dataset_id} is not in {get_dataset_path()} and Minari's remote (the Hugging Face hub) "
+                 f"cannot be reached; copy the dataset there (or set MINARI_DATASETS_PATH), or use a short name "
+                 f"such as walker2d-medium, which is built locally")
+        print(f"downloading {dataset_id} from Minari's remote ...")
+        try:
+            return minari.load_dataset(dataset_id, download=True)
+        except Exception as e:  # minari raises ValueError for unknown ids, network errors for the rest
+            fail(f"could not download {dataset_id}: {type(e).__name__}: {e}")
+    try:
+        return minari.load_dataset(dataset_id)
+    except Exception as e:
+        fail(f"could not read dataset {dataset_id} at {get_dataset_path(dataset_id)}: {type(e).__name__}: {e}")
+
+
+def dataset_to_transitions(dataset, name: str, action_clip: float) -> dict[str, np.ndarray]:
+    """Per episode: (obs[:-1], action, reward, obs[1:], done) with done = termination (a truncation is not terminal).
+    Actions are mapped to [-1, 1] from the Box bounds, then clipped to +-action_clip."""
+    for field, space in (("observation", dataset.observation_space), ("action", dataset.action_space)):
+        if not isinstance(space, gym.spaces.Box):
+            fail(f"dataset {name}: the {field} space is {type(space).__name__}; only flat Box spaces are supported")
+    low, high = dataset.action_space.low.astype(np.float64), dataset.action_space.high.astype(np.float64)
+    if not (np.all(np.isfinite(low)) and np.all(np.isfinite(high))):
+        fail(f"dataset {name}: the action space must be bounded, got low={low}, high={high}")
+    parts = {k: [] for k in ("obs", "actions", "rewards", "next_obs", "dones")}
+    for ep in dataset.iterate_episodes():
+        obs = np.asarray(ep.observations, dtype=np.float64)
+        if obs.ndim != 2 or len(obs) != len(ep.actions) + 1:
+            fail(f"dataset {name}: episode {ep.id} has observations of shape {obs.shape} for {len(ep.actions)} actions")
+        parts["obs"].append(obs[:-1])
+        parts["next_obs"].append(obs[1:])
+        parts["actions"].append(np.asarray(ep.actions, dtype=np.float64).reshape(len(ep.actions), -1))
+        parts["rewards"].append(np.asarray(ep.rewards, dtype=np.float64))
+        parts["dones"].append(np.asarray(ep.terminations, dtype=np.float64))
+    if not parts["obs"]:
+        fail(f"dataset {name} has no episodes")
+    data = {k: np.concatenate(v) for k, v in parts.items()}
+    for field, values in data.items():
+        if not np.all(np.isfinite(values)):
+            fail(f"dataset {name}: field {field!r} holds non-finite values at {int((~np.isfinite(values)).sum())} entries")
+    data["actions"] = np.clip((data["actions"] - (high + low) / 2) / ((high - low) / 2), -action_clip, action_clip)
+    return {k: v.astype(np.float32) for k, v in data.items()}
+
+
+def process_rewards(rewards: np.ndarray, mode: str, dataset_id: str) -> tuple[np.ndarray, str]:
+    if mode == "auto":
+        tokens = set(re.split(r"[/_-]", dataset_id.lower()))
+        mode = ("antmaze" if "antmaze" in tokens else
+                "minmax" if tokens & {"pen", "door", "hammer", "relocate", "kitchen"} else "none")
+    if mode == "antmaze":
+        return (rewards - 0.5) * 4.0, mode
+    if mode == "minmax":
+        lo, hi = rewards.min(), rewards.max()
+        return (2.0 * (rewards - lo) / max(hi - lo, 1e-8) - 1.0).astype(np.float32), mode
+    return rewards, mode
+
+
+def reference_scores(dataset) -> tuple[Optional[float], Optional[float], str]:
+    """(min, max, source) for the normalised score: the dataset's own, else D4RL's for the three locomotion envs."""
+    meta = dataset.storage.metadata
+    if meta.get("ref_min_score") is not None and meta.get("ref_max_score") is not None:
+        return float(meta["ref_min_score"]), float(meta["ref_max_score"]), "the dataset's reference scores"
+    env_name = (dataset.spec.env_spec.id if dataset.spec.env_spec is not None else "").lower()
+    for key, (lo, hi) in D4RL_REF_SCORES.items():
+        if env_name.startswith(key):
+            return lo, hi, f"D4RL's reference returns for {key} (the dataset has none)"
+    return None, None, "none (raw returns only)"
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Networks
+def lecun_normal_(w: torch.Tensor, fan_in: int) -> None:
+    # Flax's lecun_normal: a normal truncated at 2 std, rescaled so that the variance is 1/fan_in.
+    std = math.sqrt(1.0 / fan_in) / 0.87962566103423978
+    nn.init.trunc_normal_(w, std=std, a=-2 * std, b=2 * std)
+
+
+class MLP(nn.Module):
+    """`num_members` independent MLPs stored as stacked weights, evaluated together by batched matmuls.
+    Hidden layers: lecun-normal; output layer: uniform +-sqrt(3 * 0.01 / fan_in); biases zero (the released init)."""
+
+    def __init__(self, in_dim: int, out_dim: int, hidden: int, layers: int, activation: Callable, num_members: int = 1):
+        super().__init__()
+        dims = [in_dim] + [hidden] * layers + [out_dim]
+        self.activation = activation
+        self.weights, self.biases = nn.ParameterList(), nn.ParameterList()
+        for i, (fan_in, fan_out) in enumerate(zip(dims[:-1], dims[1:])):
+            w = torch.empty(num_members, fan_in, fan_out)
+            if i < layers:
+                lecun_normal_(w, fan_in)
+            else:
+                limit = math.sqrt(3 * 0.01 / fan_in)
+                nn.init.uniform_(w, -limit, limit)
+            self.weights.append(nn.Parameter(w))
+            self.biases.append(nn.Parameter(torch.zeros(num_members, 1, fan_out)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (N, in) shared by all members, or (members, N, in); returns (members, N, out)."""
+        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
+            x = torch.baddbmm(b, x, w) if x.dim() == 3 else torch.matmul(x, w) + b
+            if i < len(self.weights) - 1:
+                x = self.activation(x)
+        return x
+
+
+class TwinCritic(nn.Module):
+    """Q1 and Q2 on concat(s, a), 256-256 ELU, evaluated in one batched call."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: int, layers: int):
+        super().__init__()
+        self.net = MLP(obs_dim + act_dim, 1, hidden, layers, F.elu, num_members=2)
+
+    def forward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+        """obs (..., obs_dim), act (..., act_dim) -> Q values (2, ...)."""
+        lead = obs.shape[:-1]
+        x = torch.cat([obs, act], -1).reshape(-1, obs.shape[-1] + act.shape[-1])
+        return self.net(x).reshape(2, *lead)
+
+
+class Actor(nn.Module):
+    """Tanh-squashed Gaussian: MLP(s) -> (mean, raw); log_std = clip(m * raw + c) with trainable scalars m, c."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: int, layers: int):
+        super().__init__()
+        self.net = MLP(obs_dim, 2 * act_dim, hidden, layers, F.relu)
+        self.log_std_multiplier = nn.Parameter(torch.ones(()))
+        self.log_std_offset = nn.Parameter(torch.full((), -1.0))
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, raw = self.net(obs)[0].chunk(2, -1)
+        log_std = (self.log_std_multiplier * raw + self.log_std_offset).clamp(-5.0, 2.0)
+        return mean.clamp(-9.0, 9.0), log_std
+
+
+def tanh_gaussian_log_prob(pre_tanh: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
+    """log pi(tanh(u)) = log N(u; mean, std) - sum log(1 - tanh(u)^2), the Jacobian in the stable form
+    log(1 - tanh(u)^2) = 2 (log 2 - u - softplus(-2u))."""
+    z = (pre_tanh - mean) * torch.exp(-log_std)
+    gaussian = (-0.5 * z.pow(2) - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+    return gaussian - (2 * (math.log(2.0) - pre_tanh - F.softplus(-2 * pre_tanh))).sum(-1)
+
+
+def action_log_prob(action: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
+    """log pi(a|s) of a squashed action; non-finite outside (-1, 1), which HMC treats as a rejection."""
+    return tanh_gaussian_log_prob(torch.atanh(action), mean, log_std)
+
+
+def action_log_prob_grad(action: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
+    """d log pi(a|s) / da in closed form: (2a - (atanh(a) - mean) / std^2) / (1 - a^2)."""
+    u = torch.atanh(action)
+    return (2 * action - (u - mean) * torch.exp(-2 * log_std)) / (1 - action.pow(2))
+
+
+def sample_actions(mean: torch.Tensor, log_std: torch.Tensor, shape: tuple = ()) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reparameterised samples (shape + mean.shape) and their log-probs."""
+    u = mean + torch.exp(log_std) * torch.randn(shape + mean.shape, device=mean.device)
+    return torch.tanh(u), tanh_gaussian_log_prob(u, mean, log_std)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Hamiltonian Monte Carlo
+def hmc_sample(
+    log_density_and_grad: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+    init: torch.Tensor,
+    num_samples: int,
+    burnin: int,
+    leapfrog_steps: int,
+    step_size: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One chain per row of `init` (B, D). Returns the kept samples (num_samples, B, D), the acceptance rate over the
+    kept transitions and the final step size (0-dim tensors: no host sync).
+
+    The step size is one scalar for all chains; on the first 80% of burn-in it is multiplied by 1.01 when the
+    batch-mean acceptance probability exceeds 0.75 and divided by 1.01 otherwise. A non-finite log acceptance ratio
+    (a proposal outside the density's support) is a rejection."""
+    eps = torch.tensor(step_size, device=init.device)
+    adapt_steps = int(0.8 * burnin)
+    position = init
+    log_p, grad = log_density_and_grad(position)
+    samples, accepted = [], torch.zeros((), device=init.device)
+    for t in range(burnin + num_samples):
+        momentum0 = torch.randn_like(position)
+        momentum = momentum0 + 0.5 * eps * grad
+        proposal = position
+        for leap in range(leapfrog_steps):
+            proposal = proposal + eps * momentum
+            new_log_p, new_grad = log_density_and_grad(proposal)
+            if leap < leapfrog_steps - 1:
+                momentum = momentum + eps * new_grad
+        momentum = momentum + 0.5 * eps * new_grad
+        log_ratio = new_log_p - log_p + 0.5 * momentum0.pow(2).sum(-1) - 0.5 * momentum.pow(2).sum(-1)
+        log_ratio = torch.where(torch.isfinite(log_ratio), log_ratio, torch.full_like(log_ratio, -torch.inf))
+        accept = torch.log(torch.rand_like(log_ratio)) < log_ratio
+        if t < adapt_steps:
+            mean_accept_prob = torch.exp(log_ratio.clamp(max=0.0)).mean()
+            eps = torch.where(mean_accept_prob > 0.75, eps * 1.01, eps / 1.01)
+        position = torch.where(accept[:, None], proposal, position)
+        log_p = torch.where(accept, new_log_p, log_p)
+        grad = torch.where(accept[:, None], new_grad, grad)
+        if t >= burnin:
+            samples.append(position)
+            accepted = accepted + accept.float().mean()
+    return torch.stack(samples), accepted / num_samples, eps
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The mutual-information bounds
+def capped_exp(x: torch.Tensor, cap: float) -> torch.Tensor:
+    """exp(x) below `cap`, its tangent line above: finite and increasing for any x (f bound only)."""
+    return torch.where(x <= cap, torch.exp(x.clamp(max=cap)), math.exp(cap) * (1 + x - cap))
+
+
+def mi_penalty(q_data: torch.Tensor, q_pi: torch.Tensor, bound: str, f_cap: float) -> torch.Tensor:
+    """Per-critic penalty, i.e. minus the Q-dependent part of the MI lower bound.
+    q_data (..., B): Q at dataset actions; q_pi (..., K, B): Q at K policy samples per state. Returns (...)."""
+    k, b = q_pi.shape[-2], q_pi.shape[-1]
+    if bound == "misa":  # E_s log E_pi exp Q
+        log_partition = (torch.logsumexp(q_pi, dim=-2) - math.log(k)).mean(-1)
+    elif bound == "dv":  # log E_{s, pi} exp Q
+        log_partition = torch.logsumexp(q_pi.flatten(-2), dim=-1) - math.log(k * b)
+    else:  # e^-1 E_{s, pi} exp Q
+        log_partition = capped_exp(q_pi - 1.0, f_cap).mean((-2, -1))
+    return log_partition - q_data.mean(-1)
+
+
+def partition_state_weights(q_pi_min: torch.Tensor, bound: str, f_cap: float) -> torch.Tensor:
+    """Weight of each state's E_p grad log pi in the policy's partition gradient (sums to 1 for misa and dv).
+    q_pi_min: (K, B) min-critic values at the policy samples."""
+    k, b = q_pi_min.shape
+    log_z = torch.logsumexp(q_pi_min, dim=0) - math.log(k)  # log Z_hat(s)
+    if bound == "misa":
+        return torch.full_like(log_z, 1.0 / b)
+    if bound == "dv":
+        return torch.softmax(log_z, dim=0)
+    return capped_exp(log_z - 1.0, f_cap) / b
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+class MISA:
+    """Networks, optimisers and the update. `update(batch)` returns a dict of detached 0-dim tensors."""
+
+    LOSS_NAMES = ("critic_loss", "actor_loss", "alpha_loss")
+
+    def __init__(self, args: Args, obs_dim: int, act_dim: int, device: torch.device):
+        self.args, self.device = args, device
+        self.actor = Actor(obs_dim, act_dim, args.hidden_dim, args.num_layers).to(device)
+        self.critic = TwinCritic(obs_dim, act_dim, args.hidden_dim, args.num_layers).to(device)
+        self.critic_target = TwinCritic(obs_dim, act_dim, args.hidden_dim, args.num_layers).to(device)
+        self.critic_target.load_state_dict(self.critic.state_dict())
+        self.critic_target.requires_grad_(False)
+        self.log_alpha = nn.Parameter(torch.zeros((), device=device))
+        self.log_alpha_prime = nn.Parameter(torch.zeros((), device=device))
+        self.target_entropy = -float(act_dim)
+        adam = dict(betas=(0.9, 0.999), eps=1e-8)
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=args.policy_lr, **adam)
+        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=args.q_lr, **adam)
+        self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=args.alpha_lr, **adam)
+        self.alpha_prime_opt = torch.optim.Adam([self.log_alpha_prime], lr=args.q_lr, **adam)
+
+    def hmc_target(self, obs: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor):
+        """f(a) = log pi(a|s) + min_i Q_i(s, a) and its gradient in a. The actor part is closed-form; only the critics
+        are differentiated, and with respect to the action alone."""
+
+        def log_density_and_grad(action: torch.Tensor):
+            with torch.enable_grad():
+                action = action.detach().requires_grad_(True)
+                q_min = self.critic(obs, action).min(0).values
+                (q_grad,) = torch.autograd.grad(q_min.sum(), action)
+            log_pi = action_log_prob(action.detach(), mean, log_std)
+            return log_pi + q_min.detach(), action_log_prob_grad(action.detach(), mean, log_std) + q_grad
+
+        return log_density_and_grad
+
+    def update(self, obs, actions, rewards, next_obs, dones) -> dict[str, torch.Tensor]:
+        args = self.args
+        k = args.num_mc_samples
+        alpha = self.log_alpha.exp()
+
+        # -- critic loss: TD error + gamma1 * MI penalty
+        with torch.no_grad():
+            next_mean, next_log_std = self.actor(next_obs)
+            next_actions, _ = sample_actions(next_mean, next_log_std)  # one a' ~ pi(.|s'), no entropy in the backup
+            target_q = self.critic_target(next_obs, next_actions).min(0).values
+            td_target = rewards + args.gamma * (1.0 - dones) * target_q
+        mean, log_std = self.actor(obs)  # depend on s only: computed once, reused for every sample and HMC step
+        with torch.no_grad():
+            pi_actions, _ = sample_actions(mean, log_std, (k,))  # (K, B, A), detached
+        q_data = self.critic(obs, actions)  # (2, B)
+        q_pi = self.critic(obs.expand(k, *obs.shape), pi_actions)  # (2, K, B)
+        td_loss = (q_data - td_target).pow(2).mean(-1)  # (2,)
+        penalty = mi_penalty(q_data, q_pi, args.mi_bound, args.f_exp_cap)  # (2,)
+        if args.lagrange:
+            alpha_prime = self.log_alpha_prime.exp().clamp(0.0, 1e6)
+            critic_loss = (td_loss + alpha_prime.detach() * args.min_q_weight * (penalty - args.lagrange_target_gap)).sum()
+            alpha_prime_loss = -(alpha_prime * args.min_q_weight * (penalty.detach() - args.lagrange_target_gap)).mean()
+        else:
+            critic_loss = (td_loss + args.min_q_weight * penalty).sum()  # each critic gets its own loss only
+
+        # -- policy loss: likelihood + Q + partition gradient from HMC samples of p(a|s) ~ pi(a|s) exp Q(s,a)
+        new_actions, new_log_pi = sample_actions(mean, log_std)
+        log_pi_data = action_log_prob(actions, mean, log_std)
+        q_new = self.critic(obs, new_actions).min(0).values
+        actor_loss = (args.likelihood_weight * (alpha.detach() * new_log_pi - log_pi_data).mean() - q_new.mean())
+        if args.mcmc:
+            mcmc_samples, accept_rate, step_size = hmc_sample(
+                self.hmc_target(obs, mean.detach(), log_std.detach()), actions, k, args.mcmc_burnin,
+                args.mcmc_leapfrog_steps, args.mcmc_step_size,
+            )
+            weights = partition_state_weights(q_pi.detach().min(0).values, args.mi_bound, args.f_exp_cap)
+            log_pi_mcmc = action_log_prob(mcmc_samples.detach(), mean, log_std)  # (K, B)
+            actor_loss = actor_loss + args.partition_weight * (log_pi_mcmc.mean(0) * weights).sum()
+        else:
+            accept_rate = step_size = torch.full((), float("nan"), device=self.device)
+        alpha_loss = -(self.log_alpha * (new_log_pi.detach() + self.target_entropy)).mean()
+
+        # -- every loss above used the pre-update parameters; now compute each group's gradient and step all
+        groups = [
+            (critic_loss, list(self.critic.parameters()), self.critic_opt),
+            (actor_loss, list(self.actor.parameters()), self.actor_opt),
+            (alpha_loss, [self.log_alpha], self.alpha_opt),
+        ]
+        if args.lagrange:
+            groups.append((alpha_prime_loss, [self.log_alpha_prime], self.alpha_prime_opt))
+        grads = [torch.autograd.grad(loss, params, retain_graph=True) for loss, params, _ in groups]
+        for (_, params, opt), group_grads in zip(groups, grads):
+            for p, g in zip(params, group_grads):
+                p.grad = g
+            opt.step()
+        with torch.no_grad():
+            for target, online in zip(self.critic_target.parameters(), self.critic.parameters()):
+                target.lerp_(online, args.tau)
+
+        return {
+            "losses/critic_loss": critic_loss.detach(),
+            "losses/td_loss": td_loss.detach().mean(),
+            "losses/mi_penalty": penalty.detach().mean(),
+            "losses/actor_loss": actor_loss.detach(),
+            "losses/alpha_loss": alpha_loss.detach(),
+            "losses/alpha": alpha.detach(),
+            "losses/q_data": q_data.detach().mean(),
+            "losses/log_pi_data": log_pi_data.detach().mean(),
+            "losses/entropy": -new_log_pi.detach().mean(),
+            "misa/mi_estimate": (log_pi_data.detach().mean() - penalty.detach().mean()),
+            "misa/mcmc_accept_rate": accept_rate,
+            "misa/mcmc_step_size": step_size,
+            "misa/alpha_prime": self.log_alpha_prime.detach().exp(),
+        }
+
+    def state_dict(self) -> dict:
+        return {
+            "actor": self.actor.state_dict(), "critic": self.critic.state_dict(),
+            "critic_target": self.critic_target.state_dict(), "log_alpha": self.log_alpha.detach().clone(),
+            "log_alpha_prime": self.log_alpha_prime.detach().clone(), "actor_opt": self.actor_opt.state_dict(),
+            "critic_opt": self.critic_opt.state_dict(), "alpha_opt": self.alpha_opt.state_dict(),
+            "alpha_prime_opt": self.alpha_prime_opt.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        for name in ("actor", "critic", "critic_target", "actor_opt", "critic_opt", "alpha_opt", "alpha_prime_opt"):
+            getattr(self, name).load_state_dict(state[name])
+        with torch.no_grad():
+            self.log_alpha.copy_(state["log_alpha"])
+            self.log_alpha_prime.copy_(state["log_alpha_prime"])
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Evaluation, checkpoints
+def evaluate(actor: Actor, envs: list, seed: int, action_low: np.ndarray, action_high: np.ndarray,
+             device: torch.device) -> np.ndarray:
+    """One episode per env, run in lockstep so the actor sees one batch per step; deterministic tanh(mean)."""
+    obs = np.stack([env.reset(seed=seed + i)[0] for i, env in enumerate(envs)]).astype(np.float32)
+    returns, alive = np.zeros(len(envs)), np.ones(len(envs), dtype=bool)
+    while alive.any():
+        with torch.no_grad():
+            squashed = torch.tanh(actor(torch.as_tensor(obs, device=device))[0]).cpu().numpy()
+        env_actions = action_low + (squashed + 1.0) * 0.5 * (action_high - action_low)
+        for i in np.flatnonzero(alive):
+            next_obs, reward, terminated, truncated, _ = envs[i].step(env_actions[i])
+            obs[i] = next_obs
+            returns[i] += reward
+            alive[i] = not (terminated or truncated)
+    return returns
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: Path, agent: MISA, step: int, args: Args, run_name: str) -> None:
+    blob = {"agent": agent.state_dict(), "step": step, "args": asdict(args), "run_name": run_name, "rng": rng_state()}
+    torch.save(blob, str(path) + ".tmp")
+    os.replace(str(path) + ".tmp", path)  # atomic: an interruption never leaves a half-written checkpoint
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+def main(args: Args) -> None:
+    resume_blob = None
+    if args.resume is not None:
+        if not Path(args.resume).is_file():
+            fail(f"--resume {args.resume}: no such checkpoint file")
+        try:
+            resume_blob = torch.load(args.resume, map_location="cpu", weights_only=False)
+            saved = Args(**resume_blob["args"])
+        except Exception as e:
+            fail(f"--resume {args.resume}: not a checkpoint of this script ({type(e).__name__}: {e})")
+        for flag in ("total_timesteps", "save_model", "track", "cuda", "resume"):
+            setattr(saved, flag, getattr(args, flag))
+        args = saved
+    validate_args(args)
+
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+
+    dataset = load_dataset(args.env_id)
+    data = dataset_to_transitions(dataset, dataset.spec.dataset_id, args.action_clip)
+    data["rewards"], reward_mode = process_rewards(data["rewards"], args.reward_processing, dataset.spec.dataset_id)
+    num_transitions = len(data["rewards"])
+    if num_transitions < args.batch_size:
+        fail(f"dataset {args.env_id} has {num_transitions} transitions, fewer than --batch-size {args.batch_size}")
+    buffer = {k: torch.as_tensor(v, device=device) for k, v in data.items()}  # the whole dataset lives on the device
+    obs_dim, act_dim = data["obs"].shape[1], data["actions"].shape[1]
+    ref_min, ref_max, ref_source = reference_scores(dataset)
+    try:
+        eval_envs = [dataset.recover_environment(eval_env=True) for _ in range(args.eval_episodes)]
+    except Exception as e:
+        fail(f"cannot build the evaluation env of {args.env_id}: {type(e).__name__}: {e}")
+    if eval_envs[0].observation_space.shape != (obs_dim,) or eval_envs[0].action_space.shape != (act_dim,):
+        fail(f"dataset {args.env_id} does not match its env: data obs/act dims {obs_dim}/{act_dim}, env "
+             f"{eval_envs[0].observation_space.shape}/{eval_envs[0].action_space.shape}")
+    action_low, action_high = dataset.action_space.low, dataset.action_space.high
+
+    agent = MISA(args, obs_dim, act_dim, device)
+    step = 0
+    if resume_blob is not None:
+        agent.load_state_dict(resume_blob["agent"])
+        step, run_name = resume_blob["step"], resume_blob["run_name"]
+        set_rng_state(resume_blob["rng"])
+        run_dir = Path(args.resume).parent
+    else:
+        run_name = f"{args.env_id.replace('/', '-')}__{args.exp_name}__{args.seed}__{int(time.time())}"
+        run_dir = Path("runs") / run_name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint_path = run_dir / "checkpoint.pt"
+
+    from torch.utils.tensorboard import SummaryWriter
+    from tqdm import tqdm
+
+    if args.track:
+        try:
+            import wandb
+        except ImportError:
+            fail("--track needs Weights & Biases: pip install wandb")
+        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
+                   config=vars(args), name=run_name, save_code=True, resume="allow", id=run_name)
+    writer = SummaryWriter(str(run_dir), purge_step=step if step else None)
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
+    eval_csv = run_dir / "evaluations.csv"
+    rows = []
+    if step and eval_csv.exists():  # keep the rows up to the checkpoint: later ones are about to be redone
+        with open(eval_csv) as f:
+            rows = [r for r in csv.DictReader(f) if int(r["step"]) <= step]
+    with open(eval_csv, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["step", "mean_return", "std_return", "normalized_score"])
+        w.writeheader()
+        w.writerows(rows)
+
+    print(f"run {run_name} on {device}: {num_transitions} transitions from {dataset.spec.dataset_id}, "
+          f"rewards: {reward_mode}, normalised score from {ref_source}")
+    last_score = float("nan")
+    first_bad_step = torch.full((), -1, dtype=torch.long, device=device)  # first step with a non-finite loss
+    bad_losses = torch.zeros(len(MISA.LOSS_NAMES), dtype=torch.bool, device=device)
+
+    def check_finite() -> None:
+        if first_bad_step.item() >= 0:
+            names = [n for n, bad in zip(MISA.LOSS_NAMES, bad_losses.tolist()) if bad]
+            kept = f"the last good checkpoint {checkpoint_path} is kept" if checkpoint_path.exists() else "no checkpoint was written"
+            print(f"error: non-finite {', '.join(names)} at step {first_bad_step.item()}; stopping ({kept})", file=sys.stderr)
+            sys.exit(1)
+
+    bar = tqdm(total=args.total_timesteps, initial=step, desc="MISA", unit="step", dynamic_ncols=True, mininterval=1.0)
+    start_time, start_step = time.time(), step
+    try:
+        while step < args.total_timesteps:
+            idx = torch.randint(num_transitions, (args.batch_size,), device=device)
+            metrics = agent.update(*(buffer[k][idx] for k in ("obs", "actions", "rewards", "next_obs", "dones")))
+            losses = torch.stack([metrics[f"losses/{n}"] for n in MISA.LOSS_NAMES])
+            finite = torch.isfinite(losses)
+            newly_bad = (first_bad_step < 0) & ~finite.all()
+            bad_losses = torch.where(newly_bad, ~finite, bad_losses)
+            first_bad_step = torch.where(newly_bad, torch.full_like(first_bad_step, step + 1), first_bad_step)
+            step += 1
+            bar.update(1)
+
+            if step % args.log_freq == 0 or step == args.total_timesteps:
+                check_finite()
+                sps = (step - start_step) / max(time.time() - start_time, 1e-9)
+                for key, value in metrics.items():
+                    writer.add_scalar(key, value.item(), step)
+                writer.add_scalar("charts/SPS", sps, step)
+                bar.set_postfix(SPS=f"{sps:.1f}", score=f"{last_score:.1f}", accept=f"{metrics['misa/mcmc_accept_rate'].item():.2f}")
+            if step % args.eval_freq == 0 or step == args.total_timesteps:
+                check_finite()
+                returns = evaluate(agent.actor, eval_envs, args.seed + step, action_low, action_high, device)
+                mean_return = float(returns.mean())
+                score = 100 * (mean_return - ref_min) / (ref_max - ref_min) if ref_min is not None else float("nan")
+                last_score = score if ref_min is not None else mean_return
+                writer.add_scalar("eval/return", mean_return, step)
+                if ref_min is not None:
+                    writer.add_scalar("eval/normalized_score", score, step)
+                with open(eval_csv, "a", newline="") as f:
+                    csv.writer(f).writerow([step, f"{mean_return:.4f}", f"{returns.std():.4f}",
+                                            "" if ref_min is None else f"{score:.4f}"])
+                tqdm.write(f"step {step}: return {mean_return:.1f} +- {returns.std():.1f}"
+                           + (f", normalised score {score:.1f}" if ref_min is not None else ""))
+                if args.save_model:
+                    save_checkpoint(checkpoint_path, agent, step, args, run_name)
+    except KeyboardInterrupt:
+        bar.close()
+        check_finite()
+        save_checkpoint(checkpoint_path, agent, step, args, run_name)
+        print(f"\ninterrupted at step {step}; saved {checkpoint_path}; continue with --resume {checkpoint_path}")
+        sys.exit(130)
+    bar.close()
+    writer.close()
+    for env in eval_envs:
+        env.close()
+    print(f"done: {step} steps in {run_dir}" + (f"; checkpoint {checkpoint_path}" if args.save_model else ""))
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))

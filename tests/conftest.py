@@ -1,0 +1,53 @@
+"""Shared fixtures: tiny Minari datasets in a temporary MINARI_DATASETS_PATH, and a helper that runs a script in a
+subprocess the way a user would."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import make_tiny_dataset as tiny  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def datasets_root(tmp_path_factory) -> Path:
+    """Builds the test datasets once per session and points Minari (here and in subprocesses) at them."""
+    root = tmp_path_factory.mktemp("minari")
+    os.environ["MINARI_DATASETS_PATH"] = str(root)
+    os.environ["HF_HUB_OFFLINE"] = "1"  # never wait on the network in tests
+    tiny.build("test/pendulum/energy-v0", tiny.pendulum_episodes(20, seed=0, policy="energy"))
+    tiny.build("test/pendulum/random-v0", tiny.pendulum_episodes(5, seed=100, policy="random"))
+    bad = tiny.pendulum_episodes(2, seed=7)
+    bad[1].rewards[3] = np.nan
+    tiny.build("test/pendulum/nan-v0", bad)
+    huge = tiny.pendulum_episodes(2, seed=8)
+    for ep in huge:
+        ep.rewards[:] = [3e38] * len(ep.rewards)  # finite, but the TD loss overflows at once
+    tiny.build("test/pendulum/huge-v0", huge)
+    tiny.build("test/cartpole/discrete-v0", tiny.cartpole_episodes(2, seed=0), env="CartPole-v1", ref_min=0.0,
+               ref_max=500.0)
+    return root
+
+
+def run_script(script: str, *args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def assert_clean_error(result: subprocess.CompletedProcess, *needles: str) -> None:
+    """A bad input: non-zero exit, one-line 'error:' message naming the problem, no traceback."""
+    assert result.returncode != 0, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    assert "error" in result.stderr.lower(), result.stderr
+    for needle in needles:
+        assert needle in result.stderr, (needle, result.stderr)

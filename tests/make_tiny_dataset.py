@@ -1,0 +1,85 @@
+"""Builds tiny Minari datasets for the tests (no jax: create_dataset_from_buffers)."""
+
+from __future__ import annotations
+
+import warnings
+
+import gymnasium as gym
+import numpy as np
+
+
+def pendulum_episodes(num_episodes: int, seed: int, policy: str = "random", max_steps: int = 200):
+    """Pendulum-v1 episodes. policy 'energy' is a scripted swing-up-and-balance controller (about -130 per
+    200-step episode against about -1200 for random), so offline learners have something to imitate and improve towards."""
+    from minari.data_collector import EpisodeBuffer
+
+    env = gym.make("Pendulum-v1", max_episode_steps=max_steps)
+    env.action_space.seed(seed)
+    rng = np.random.default_rng(seed)
+    buffers = []
+    for ep in range(num_episodes):
+        obs, _ = env.reset(seed=seed + ep)
+        observations, actions, rewards, terms, truncs = [obs], [], [], [], []
+        while True:
+            if policy == "random":
+                action = env.action_space.sample()
+            else:
+                cos, sin, vel = obs
+                theta = np.arctan2(sin, cos)
+                if cos > 0.85:  # near upright: PD balance
+                    u = -12.0 * theta - 2.5 * vel
+                else:  # energy pumping: push along the velocity while energy is below the upright level
+                    energy = 0.5 * vel**2 + 15.0 * (cos - 1.0)
+                    u = 2.0 * np.sign(-vel * energy) if abs(vel) > 1e-2 else 2.0
+                action = np.clip(np.array([u]) + 0.3 * rng.standard_normal(1), -2.0, 2.0).astype(np.float32)
+            obs, reward, terminated, truncated, _ = env.step(action)
+            observations.append(obs)
+            actions.append(action)
+            rewards.append(reward)
+            terms.append(terminated)
+            truncs.append(truncated)
+            if terminated or truncated:
+                break
+        buffers.append(EpisodeBuffer(observations=np.array(observations), actions=np.array(actions),
+                                     rewards=np.array(rewards), terminations=np.array(terms),
+                                     truncations=np.array(truncs)))
+    env.close()
+    return buffers
+
+
+def build(dataset_id: str, buffers, env="Pendulum-v1", ref_min=-1400.0, ref_max=-150.0, **kwargs):
+    import minari
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return minari.create_dataset_from_buffers(
+            dataset_id, buffer=buffers, env=gym.spec(env) if isinstance(env, str) else env,
+            ref_min_score=ref_min, ref_max_score=ref_max, algorithm_name="test", description="tiny test dataset",
+            **kwargs,
+        )
+
+
+def cartpole_episodes(num_episodes: int, seed: int):
+    """Discrete-action episodes: the scripts must reject these with a clear message."""
+    from minari.data_collector import EpisodeBuffer
+
+    env = gym.make("CartPole-v1")
+    env.action_space.seed(seed)
+    buffers = []
+    for ep in range(num_episodes):
+        obs, _ = env.reset(seed=seed + ep)
+        observations, actions, rewards, terms, truncs = [obs], [], [], [], []
+        done = False
+        while not done:
+            action = env.action_space.sample()
+            obs, reward, terminated, truncated, _ = env.step(action)
+            observations += [obs]
+            actions += [action]
+            rewards += [reward]
+            terms += [terminated]
+            truncs += [truncated]
+            done = terminated or truncated
+        buffers.append(EpisodeBuffer(observations=np.array(observations), actions=np.array(actions),
+                                     rewards=np.array(rewards), terminations=np.array(terms),
+                                     truncations=np.array(truncs)))
+    return buffers
