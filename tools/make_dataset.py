@@ -1,0 +1,288 @@
+"""Build D4RL-protocol offline datasets on the Gymnasium MuJoCo v5 envs as Minari datasets (no network, no jax).
+
+    python tools/make_dataset.py walker2d-medium            # 1M steps, into $MINARI_DATASETS_PATH
+    python tools/make_dataset.py hopper-random --num-steps 5000 --dataset-id test/hopper/random-v0
+    python tools/make_dataset.py --list                     # what can be built, what is built, sizes
+
+NAME is ENV-KIND with ENV in halfcheetah, hopper, walker2d and KIND one of
+- random:        1M steps of a randomly initialised policy;
+- medium:        1M steps of the shipped SAC policy stopped at D4RL's medium level (tools/behavior_policies);
+- medium-replay: every transition of that SAC run up to the medium point (shipped, compressed);
+- expert:        1M steps of the shipped fully trained SAC policy;
+- medium-expert: the medium and expert datasets concatenated (built first if missing).
+Actions are sampled from the stochastic policy, as D4RL did. A fall (Hopper, Walker2d) is a termination, the
+1000-step limit a truncation, and the episodes still running when the step budget is reached are cut as truncations.
+Each dataset carries D4RL's reference returns, so normalised scores read on the papers' scale.
+These are D4RL-protocol datasets on v5 envs, not D4RL itself: docs/datasets.md lists the differences.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import gymnasium as gym
+import numpy as np
+import torch
+import tyro
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from train_behavior import DEFAULT_OUT_DIR, ENVS, Actor, load_actor  # noqa: E402
+
+TOOL_VERSION = "1.0"
+NAMESPACE = "misa-pytorch"  # project-owned; never Farama's mujoco/ or D4RL/
+KINDS = ("random", "medium", "medium-replay", "expert", "medium-expert")
+NAMES = tuple(f"{env}-{kind}" for env in ENVS for kind in KINDS)
+
+
+@dataclass
+class Args:
+    name: tyro.conf.Positional[Optional[str]] = None
+    """the dataset to build, ENV-KIND (e.g. walker2d-medium); see --list"""
+    num_steps: Optional[int] = None
+    """environment steps to collect (default 1M, D4RL's size; medium-replay: the whole shipped buffer;
+    medium-expert: this many for each part)"""
+    dataset_id: Optional[str] = None
+    """Minari id to write (default misa-pytorch/ENV/KIND-v0)"""
+    seed: int = 0
+    """seed of the policy's action noise and of the env resets"""
+    num_envs: int = 16
+    """envs stepped in lockstep so the policy runs on one batch per step"""
+    policies_dir: str = str(DEFAULT_OUT_DIR)
+    """where the behaviour policies and medium-replay buffers are read from"""
+    overwrite: bool = False
+    """replace the dataset if it already exists"""
+    list: bool = False
+    """list every dataset name, whether it can be built here, and whether (and how big) it is built"""
+
+
+def fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def default_id(name: str) -> str:
+    env, kind = name.split("-", 1)
+    return f"{NAMESPACE}/{env}/{kind}-v0"
+
+
+def datasets_root() -> Path:
+    from minari.storage.datasets_root_dir import get_dataset_path
+
+    return get_dataset_path()
+
+
+def dir_size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def source_file(name: str, policies_dir: Path) -> Optional[Path]:
+    """The shipped file a dataset is made from (None for random, which needs nothing)."""
+    env, kind = name.split("-", 1)
+    return {"random": None, "medium": policies_dir / f"{env}-medium.pt",
+            "medium-replay": policies_dir / f"{env}-medium-replay.npz", "expert": policies_dir / f"{env}-expert.pt",
+            "medium-expert": policies_dir / f"{env}-expert.pt"}[kind]
+
+
+def list_datasets(policies_dir: Path) -> None:
+    root = datasets_root()
+    print(f"datasets root: {root}  (set MINARI_DATASETS_PATH to change it)")
+    print(f"{'name':26s} {'minari id':43s} {'buildable':38s} {'built':>14s} {'size':>10s}")
+    for name in NAMES:
+        src = source_file(name, policies_dir)
+        buildable = "yes" if src is None or src.exists() else f"no ({src.name} missing)"
+        path = root / default_id(name)
+        if (path / "data" / "metadata.json").exists():
+            import json
+
+            steps = json.loads((path / "data" / "metadata.json").read_text()).get("total_steps", "?")
+            built, size = f"{steps} steps", f"{dir_size(path) / 2**20:.1f} MiB"
+        else:
+            built, size = "-", "-"
+        print(f"{name:26s} {default_id(name):43s} {buildable:38s} {built:>14s} {size:>10s}")
+
+
+def collect(env_id: str, policy: Actor, num_steps: int, seed: int, num_envs: int, desc: str):
+    """Step `num_envs` envs in lockstep with stochastic policy actions until `num_steps` transitions exist.
+    Returns EpisodeBuffers in the order the episodes finished; episodes still running at the end are truncated."""
+    from minari.data_collector import EpisodeBuffer
+
+    torch.manual_seed(seed)
+    envs = [gym.make(env_id) for _ in range(num_envs)]
+    next_episode = 0
+    current = []
+    obs = []
+    for env in envs:
+        o, _ = env.reset(seed=seed * 1_000_000 + next_episode)
+        next_episode += 1
+        obs.append(o)
+        current.append({"obs": [o], "act": [], "rew": [], "term": [], "trunc": []})
+    episodes, steps = [], 0
+    bar = tqdm(total=num_steps, desc=desc, unit="step", mininterval=2.0, smoothing=0.1)
+
+    def close(ep):
+        episodes.append(EpisodeBuffer(observations=np.array(ep["obs"]), actions=np.array(ep["act"], np.float32),
+                                      rewards=np.array(ep["rew"]), terminations=np.array(ep["term"]),
+                                      truncations=np.array(ep["trunc"])))
+
+    while steps < num_steps:
+        with torch.no_grad():
+            actions = policy.sample(torch.as_tensor(np.stack(obs), dtype=torch.float32))[0].numpy()
+        for i, env in enumerate(envs):
+            if steps >= num_steps:
+                break
+            o, r, term, trunc, _ = env.step(actions[i])
+            ep = current[i]
+            ep["obs"].append(o)
+            ep["act"].append(actions[i])
+            ep["rew"].append(r)
+            ep["term"].append(bool(term))
+            ep["trunc"].append(bool(trunc))
+            steps += 1
+            if term or trunc:
+                close(ep)
+                o, _ = env.reset(seed=seed * 1_000_000 + next_episode)
+                next_episode += 1
+                current[i] = {"obs": [o], "act": [], "rew": [], "term": [], "trunc": []}
+            obs[i] = o
+        bar.update(min(len(envs), bar.total - bar.n))
+    bar.close()
+    for ep in current:  # cut at the budget, like D4RL's timeouts at 1M
+        if ep["act"]:
+            ep["trunc"][-1] = True
+            close(ep)
+    for env in envs:
+        env.close()
+    return episodes
+
+
+def replay_episodes(path: Path, num_steps: Optional[int]):
+    """Episodes of a shipped SAC replay buffer (see Replay.episodes_npz in train_behavior.py)."""
+    from minari.data_collector import EpisodeBuffer
+
+    d = np.load(path)
+    episodes, step, row = [], 0, 0
+    for full_length in d["episode_lengths"].astype(int):
+        length = full_length if num_steps is None else min(full_length, num_steps - step)
+        if length <= 0:
+            break
+        trunc = d["truncations"][step:step + length].copy()
+        term = d["terminations"][step:step + length]
+        if not (term[-1] or trunc[-1]):
+            trunc[-1] = True  # cut short by --num-steps
+        episodes.append(EpisodeBuffer(observations=d["observations"][row:row + length + 1].astype(np.float64),
+                                      actions=d["actions"][step:step + length], rewards=d["rewards"][step:step + length],
+                                      terminations=term, truncations=trunc))
+        row += full_length + 1  # each episode holds T + 1 observations
+        step += length
+    return episodes
+
+
+def load_episodes(dataset_id: str):
+    import minari
+    from minari.data_collector import EpisodeBuffer
+
+    ds = minari.load_dataset(dataset_id)
+    return [EpisodeBuffer(observations=ep.observations, actions=ep.actions, rewards=ep.rewards,
+                          terminations=ep.terminations, truncations=ep.truncations) for ep in ds.iterate_episodes()]
+
+
+def build(name: str, args: Args, dataset_id: str) -> None:
+    import minari
+
+    env, kind = name.split("-", 1)
+    env_id, ref_min, ref_max = ENVS[env]
+    policies_dir = Path(args.policies_dir)
+    num_steps = args.num_steps if args.num_steps is not None else (None if kind == "medium-replay" else 1_000_000)
+    start = time.time()
+    if kind == "random":
+        torch.manual_seed(args.seed)
+        probe = gym.make(env_id)
+        policy = Actor(probe.observation_space.shape[0], probe.action_space.shape[0], 256)
+        how = f"a randomly initialised tanh-Gaussian policy (torch seed {args.seed})"
+        print(f"building {dataset_id}: {num_steps} steps of {how} on {env_id}; a 1M-step build takes a few minutes")
+        episodes = collect(env_id, policy, num_steps, args.seed, args.num_envs, name)
+    elif kind in ("medium", "expert"):
+        path = source_file(name, policies_dir)
+        if not path.exists():
+            fail(f"{name} needs the behaviour policy {path}, which is missing; train it with "
+                 f"`python tools/train_behavior.py {env} --role {kind}`")
+        policy, meta = load_actor(path)
+        how = (f"the SAC policy {path.name} (SAC step {meta['sac_steps']}, seed {meta['seed']}, evaluation return "
+               f"{meta['eval_return_mean']:.1f} +- {meta['eval_return_std']:.1f})")
+        print(f"building {dataset_id}: {num_steps} steps of {how} on {env_id}; a 1M-step build takes a few minutes")
+        episodes = collect(env_id, policy, num_steps, args.seed, args.num_envs, name)
+    elif kind == "medium-replay":
+        path = source_file(name, policies_dir)
+        if not path.exists():
+            fail(f"{name} needs the replay buffer {path}, which is missing; it is written by "
+                 f"`python tools/train_behavior.py {env} --role medium`")
+        how = f"the replay buffer of the SAC run that produced {env}-medium.pt ({path.name})"
+        print(f"building {dataset_id} from {how}")
+        episodes = replay_episodes(path, num_steps)
+    else:  # medium-expert: the two parts, concatenated
+        parts = []
+        for part in ("medium", "expert"):
+            part_id = dataset_id.replace("medium-expert", part) if "medium-expert" in dataset_id else default_id(f"{env}-{part}")
+            meta_path = datasets_root() / part_id / "data" / "metadata.json"
+            if not meta_path.exists():
+                print(f"{name} needs {part_id}: building it first")
+                build(f"{env}-{part}", Args(**{**vars(args), "dataset_id": part_id, "overwrite": False}), part_id)
+            parts.append(part_id)
+        episodes = load_episodes(parts[0]) + load_episodes(parts[1])
+        how = f"the concatenation of {parts[0]} and {parts[1]}"
+        print(f"building {dataset_id} from {how}")
+    steps = sum(len(ep.rewards) for ep in episodes)
+    returns = np.array([float(np.sum(ep.rewards)) for ep in episodes])
+    description = (f"D4RL-protocol {kind} dataset on {env_id} (not D4RL itself): {how}. {steps} steps, "
+                   f"{len(episodes)} episodes, mean episode return {returns.mean():.1f}. Actions sampled from the "
+                   f"stochastic policy; env reset seeds {args.seed}*1e6 + episode index. "
+                   f"Built by tools/make_dataset.py {TOOL_VERSION} (misa-pytorch).")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        minari.create_dataset_from_buffers(
+            dataset_id, buffer=episodes, env=gym.spec(env_id), eval_env=gym.spec(env_id),
+            algorithm_name=f"SAC behaviour policy ({kind})" if kind != "random" else "random policy",
+            author="misa-pytorch", author_email="none", code_permalink="tools/make_dataset.py",
+            ref_min_score=ref_min, ref_max_score=ref_max, description=description,
+            requirements=[f"gymnasium=={gym.__version__}"],
+        )
+    normalized = 100 * (returns.mean() - ref_min) / (ref_max - ref_min)
+    print(f"wrote {dataset_id}: {steps} steps, {len(episodes)} episodes, mean return {returns.mean():.1f} "
+          f"(normalised {normalized:.1f}), {time.time() - start:.1f} s")
+
+
+def main(args: Args) -> None:
+    if args.list:
+        list_datasets(Path(args.policies_dir))
+        return
+    if args.name is None:
+        fail("give a dataset NAME (see --list)")
+    if args.name not in NAMES:
+        fail(f"unknown dataset name {args.name!r}; valid names: {', '.join(NAMES)}")
+    if args.num_steps is not None and args.num_steps < 1:
+        fail(f"--num-steps must be an integer >= 1, got {args.num_steps}")
+    if args.num_envs < 1:
+        fail(f"--num-envs must be an integer >= 1, got {args.num_envs}")
+    dataset_id = args.dataset_id or default_id(args.name)
+    if dataset_id.split("/")[0] in ("mujoco", "D4RL"):
+        fail(f"--dataset-id {dataset_id}: the mujoco/ and D4RL/ namespaces are Farama's; use your own")
+    path = datasets_root() / dataset_id
+    if (path / "data").exists():
+        if not args.overwrite:
+            print(f"{dataset_id} already exists at {path} (use --overwrite to rebuild)")
+            return
+        shutil.rmtree(path)
+    torch.set_num_threads(1)
+    build(args.name, args, dataset_id)
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))
