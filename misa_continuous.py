@@ -561,6 +561,11 @@ class MISA:
             "misa/alpha_prime": self.log_alpha_prime.detach().exp(),
         }
 
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor) -> torch.Tensor:
+        """Deterministic evaluation action: tanh of the mean."""
+        return torch.tanh(self.actor(obs)[0])
+
     def state_dict(self) -> dict:
         return {
             "actor": self.actor.state_dict(), "critic": self.critic.state_dict(),
@@ -580,14 +585,15 @@ class MISA:
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Evaluation, checkpoints
-def evaluate(actor: Actor, envs: list, seed: int, action_low: np.ndarray, action_high: np.ndarray,
-             device: torch.device) -> np.ndarray:
-    """One episode per env, run in lockstep so the actor sees one batch per step; deterministic tanh(mean)."""
+def evaluate(policy: Callable[[torch.Tensor], torch.Tensor], envs: list, seed: int, action_low: np.ndarray,
+             action_high: np.ndarray, device: torch.device) -> np.ndarray:
+    """One episode per env, run in lockstep so the policy sees one batch per step. `policy` maps observations to
+    deterministic actions in [-1, 1], which are mapped back to the env's Box bounds."""
     obs = np.stack([env.reset(seed=seed + i)[0] for i, env in enumerate(envs)]).astype(np.float32)
     returns, alive = np.zeros(len(envs)), np.ones(len(envs), dtype=bool)
     while alive.any():
         with torch.no_grad():
-            squashed = torch.tanh(actor(torch.as_tensor(obs, device=device))[0]).cpu().numpy()
+            squashed = policy(torch.as_tensor(obs, device=device)).cpu().numpy()
         env_actions = action_low + (squashed + 1.0) * 0.5 * (action_high - action_low)
         for i in np.flatnonzero(alive):
             next_obs, reward, terminated, truncated, _ = envs[i].step(env_actions[i])
@@ -612,7 +618,7 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(path: Path, agent: MISA, step: int, args: Args, run_name: str) -> None:
+def save_checkpoint(path: Path, agent, step: int, args: Args, run_name: str) -> None:
     blob = {"agent": agent.state_dict(), "step": step, "args": asdict(args), "run_name": run_name, "rng": rng_state()}
     torch.save(blob, str(path) + ".tmp")
     os.replace(str(path) + ".tmp", path)  # atomic: an interruption never leaves a half-written checkpoint
@@ -726,10 +732,10 @@ def main(args: Args) -> None:
                 for key, value in metrics.items():
                     writer.add_scalar(key, value.item(), step)
                 writer.add_scalar("charts/SPS", sps, step)
-                bar.set_postfix(SPS=f"{sps:.1f}", score=f"{last_score:.1f}", accept=f"{metrics['misa/mcmc_accept_rate'].item():.2f}")
+                bar.set_postfix(SPS=f"{sps:.1f}", score=f"{last_score:.1f}")
             if step % args.eval_freq == 0 or step == args.total_timesteps:
                 check_finite()
-                returns = evaluate(agent.actor, eval_envs, args.seed + step, action_low, action_high, device)
+                returns = evaluate(agent.act, eval_envs, args.seed + step, action_low, action_high, device)
                 mean_return = float(returns.mean())
                 score = 100 * (mean_return - ref_min) / (ref_max - ref_min) if ref_min is not None else float("nan")
                 last_score = score if ref_min is not None else mean_return

@@ -1,0 +1,636 @@
+"""CQL: Conservative Q-Learning for Offline Reinforcement Learning (Kumar, Zhou, Tucker & Levine, NeurIPS 2020,
+arXiv 2006.04779), CQL(H) on a SAC backbone.
+
+    python baselines/cql_continuous.py --env-id walker2d-medium
+    python baselines/cql_continuous.py --env-id walker2d-medium --cql-lagrange
+
+One self-contained file in the same shape as misa_continuous.py (same data loading, checks, evaluation, logging,
+checkpoints and --resume), so that one benchmark command line drives all four scripts. Hyperparameters are the
+widely used CORL settings for gym-locomotion, with the per-dataset exception (reward normalisation on
+hopper-medium) in DATASET_PRESETS below; the code is written fresh.
+
+Deviations, each for the reason given:
+1. All losses are computed from the pre-update parameters and then every optimiser steps (as in misa_continuous.py);
+   CORL steps the policy before computing the critic loss. The difference is one step of lag in the policy samples
+   of the penalty, and it keeps the two scripts directly comparable.
+2. Like every script here, actions are affinely mapped to [-1, 1] from the env's Box bounds (an identity for
+   MuJoCo locomotion) and dataset actions are clipped to +-0.999 so that atanh stays finite.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import random
+import re
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Literal, Optional
+from urllib.parse import urlparse
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import tyro
+
+ALGO = "CQL"
+
+
+@dataclass
+class Args:
+    exp_name: str = Path(__file__).stem
+    """the name of this experiment (part of the run name)"""
+    seed: int = 1
+    """seed of python, numpy, torch and the evaluation envs"""
+    torch_deterministic: bool = True
+    """sets torch.backends.cudnn.deterministic"""
+    cuda: bool = True
+    """use CUDA when it is available (--no-cuda forces the CPU)"""
+    track: bool = False
+    """log to Weights & Biases (needs `pip install wandb`)"""
+    wandb_project_name: str = "misa-pytorch"
+    """the W&B project"""
+    wandb_entity: Optional[str] = None
+    """the W&B entity (team)"""
+    save_model: bool = False
+    """write runs/<run_name>/checkpoint.pt at every evaluation (and the final one)"""
+    resume: Optional[str] = None
+    """path of a checkpoint.pt to continue; hyperparameters come from the checkpoint, and only --total-timesteps,
+    --save-model, --track and --cuda are taken from the command line"""
+
+    env_id: str = "walker2d-medium"
+    """a Minari dataset id (e.g. mujoco/walker2d/medium-v0) or a short D4RL-style name (e.g. hopper-medium-replay)"""
+    total_timesteps: int = 1_000_000
+    """number of gradient steps"""
+    eval_freq: int = 5_000
+    """evaluate every this many gradient steps"""
+    eval_episodes: int = 10
+    """deterministic episodes per evaluation"""
+    batch_size: int = 256
+    """transitions per gradient step"""
+    log_freq: int = 1_000
+    """read the losses back from the device and log them every this many steps"""
+    hidden_dim: int = 256
+    """width of every hidden layer of the actor and the critics"""
+    num_layers: int = 3
+    """number of hidden layers of the actor (3x256, as CORL)"""
+    dataset_presets: bool = True
+    """apply the per-dataset exceptions table DATASET_PRESETS (reward normalisation on hopper-medium)"""
+
+    gamma: float = 0.99
+    """discount factor"""
+    tau: float = 0.005
+    """Polyak rate of the target critics (every step)"""
+    policy_lr: float = 3e-5
+    """actor learning rate"""
+    q_lr: float = 3e-4
+    """critic learning rate (also the Lagrange multiplier's)"""
+    alpha_lr: float = 3e-5
+    """SAC temperature learning rate (automatic entropy tuning, target entropy -dim(A))"""
+    critic_layers: int = 3
+    """hidden layers of the critics (3x256, as CORL)"""
+    cql_alpha: float = 10.0
+    """weight of the conservative penalty (the fixed weight; with --cql-lagrange, the multiplier's scale)"""
+    cql_n_actions: int = 10
+    """actions sampled per state from each of uniform, pi(s) and pi(s')"""
+    cql_temperature: float = 1.0
+    """temperature of the penalty's logsumexp"""
+    cql_lagrange: bool = False
+    """tune the penalty weight with a Lagrange multiplier towards --cql-target-action-gap"""
+    cql_target_action_gap: float = 5.0
+    """with --cql-lagrange: the penalty value (logsumexp Q - data Q) the multiplier aims for"""
+    normalize_states: bool = True
+    """standardise states with the dataset's mean and std (+1e-3)"""
+    normalize_reward: bool = False
+    """scale rewards by 1000 / (max episode return - min episode return)"""
+    action_clip: float = 0.999
+    """dataset actions are clipped to +-this so that atanh stays finite"""
+
+
+# Per-dataset exceptions (applied when --env-id is the matching short name and --dataset-presets is on).
+DATASET_PRESETS: dict[str, dict] = {"hopper-medium": {"normalize_reward": True}}
+
+
+def validate_args(args: Args) -> None:
+    checks = [
+        ("total-timesteps", args.total_timesteps >= 1, "an integer >= 1"),
+        ("eval-freq", args.eval_freq >= 1, "an integer >= 1"),
+        ("eval-episodes", args.eval_episodes >= 1, "an integer >= 1"),
+        ("batch-size", args.batch_size >= 1, "an integer >= 1"),
+        ("log-freq", args.log_freq >= 1, "an integer >= 1"),
+        ("hidden-dim", args.hidden_dim >= 1, "an integer >= 1"),
+        ("num-layers", args.num_layers >= 1, "an integer >= 1"),
+        ("gamma", 0.0 <= args.gamma <= 1.0, "a number in [0, 1]"),
+        ("tau", 0.0 < args.tau <= 1.0, "a number in (0, 1]"),
+        ("policy-lr", args.policy_lr > 0, "a number > 0"),
+        ("q-lr", args.q_lr > 0, "a number > 0"),
+        ("alpha-lr", args.alpha_lr > 0, "a number > 0"),
+        ("critic-layers", args.critic_layers >= 1, "an integer >= 1"),
+        ("cql-alpha", args.cql_alpha >= 0, "a number >= 0"),
+        ("cql-n-actions", args.cql_n_actions >= 1, "an integer >= 1"),
+        ("cql-temperature", args.cql_temperature > 0, "a number > 0"),
+        ("action-clip", 0.0 < args.action_clip < 1.0, "a number in (0, 1)"),
+    ]
+    for flag, ok, accepted in checks:
+        if not ok:
+            fail(f"--{flag} must be {accepted}, got {getattr(args, flag.replace('-', '_'))}")
+
+
+# Short D4RL-style names resolve to the project's own D4RL-protocol datasets on the Gymnasium v5 envs
+# (tools/make_dataset.py builds them); the namespace is ours, never Farama's mujoco/ or D4RL/.
+DATASET_NAMESPACE = "misa-pytorch"
+SHORT_ENVS = ("halfcheetah", "hopper", "walker2d")
+SHORT_KINDS = ("random", "medium", "medium-replay", "expert", "medium-expert")
+# D4RL's reference returns (random, expert), used when a dataset carries no reference scores of its own.
+D4RL_REF_SCORES = {"halfcheetah": (-280.178953, 12135.0), "hopper": (-20.272305, 3234.3), "walker2d": (1.629008, 4592.3)}
+
+
+def fail(message: str) -> None:
+    """Exit with one line of error and no traceback: bad input is the user's to fix, not a crash."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Data
+def resolve_dataset_id(env_id: str) -> tuple[str, Optional[str]]:
+    """Returns (minari id, short name or None)."""
+    if "/" in env_id:
+        return env_id, None
+    match = re.fullmatch(r"(\w+?)-(.+)", env_id)
+    if not match or match.group(1) not in SHORT_ENVS or match.group(2) not in SHORT_KINDS:
+        valid = ", ".join(f"{e}-{k}" for e in SHORT_ENVS for k in SHORT_KINDS)
+        fail(f"--env-id {env_id!r} is neither a Minari id (namespace/name-vN) nor a known short name ({valid})")
+    env, kind = match.groups()
+    return f"{DATASET_NAMESPACE}/{env}/{kind}-v0", env_id
+
+
+def remote_reachable(timeout: float = 3.0) -> bool:
+    """Minari's remote is the Hugging Face hub; probe it so that an offline machine fails in seconds, not minutes."""
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        return False
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def load_dataset(env_id: str):
+    import minari
+    from minari.storage.datasets_root_dir import get_dataset_path
+
+    dataset_id, short_name = resolve_dataset_id(env_id)
+    local = (get_dataset_path(dataset_id) / "data").exists()
+    if not local and short_name is not None:
+        # Our D4RL-protocol datasets are built locally, never downloaded: build it now if the builder is at hand.
+        builder = next((p for p in (Path(__file__).parent / "tools" / "make_dataset.py",
+                                    Path(__file__).parent.parent / "tools" / "make_dataset.py") if p.exists()), None)
+        if builder is None:
+            fail(f"dataset {dataset_id} ({short_name}) is not built yet; build it with "
+                 f"`python tools/make_dataset.py {short_name}` from the project root")
+        print(f"dataset {dataset_id} is not built yet: building it now with {builder} (a few minutes, once)")
+        if subprocess.run([sys.executable, str(builder), short_name]).returncode != 0:
+            fail(f"building {dataset_id} failed (see above); rerun `python {builder} {short_name}`")
+    elif not local:
+        if not remote_reachable():
+            fail(f"dataset {dataset_id} is not in {get_dataset_path()} and Minari's remote (the Hugging Face hub) "
+                 f"cannot be reached; copy the dataset there (or set MINARI_DATASETS_PATH), or use a short name "
+                 f"such as walker2d-medium, which is built locally")
+        print(f"downloading {dataset_id} from Minari's remote ...")
+        try:
+            return minari.load_dataset(dataset_id, download=True)
+        except Exception as e:  # minari raises ValueError for unknown ids, network errors for the rest
+            fail(f"could not download {dataset_id}: {type(e).__name__}: {e}")
+    try:
+        return minari.load_dataset(dataset_id)
+    except Exception as e:
+        fail(f"could not read dataset {dataset_id} at {get_dataset_path(dataset_id)}: {type(e).__name__}: {e}")
+
+
+def dataset_to_transitions(dataset, name: str, action_clip: float) -> dict[str, np.ndarray]:
+    """Per episode: (obs[:-1], action, reward, obs[1:], done) with done = termination (a truncation is not terminal).
+    Actions are mapped to [-1, 1] from the Box bounds, then clipped to +-action_clip."""
+    for field, space in (("observation", dataset.observation_space), ("action", dataset.action_space)):
+        if not isinstance(space, gym.spaces.Box):
+            fail(f"dataset {name}: the {field} space is {type(space).__name__}; only flat Box spaces are supported")
+    low, high = dataset.action_space.low.astype(np.float64), dataset.action_space.high.astype(np.float64)
+    if not (np.all(np.isfinite(low)) and np.all(np.isfinite(high))):
+        fail(f"dataset {name}: the action space must be bounded, got low={low}, high={high}")
+    parts = {k: [] for k in ("obs", "actions", "rewards", "next_obs", "dones")}
+    for ep in dataset.iterate_episodes():
+        obs = np.asarray(ep.observations, dtype=np.float64)
+        if obs.ndim != 2 or len(obs) != len(ep.actions) + 1:
+            fail(f"dataset {name}: episode {ep.id} has observations of shape {obs.shape} for {len(ep.actions)} actions")
+        parts["obs"].append(obs[:-1])
+        parts["next_obs"].append(obs[1:])
+        parts["actions"].append(np.asarray(ep.actions, dtype=np.float64).reshape(len(ep.actions), -1))
+        parts["rewards"].append(np.asarray(ep.rewards, dtype=np.float64))
+        parts["dones"].append(np.asarray(ep.terminations, dtype=np.float64))
+    if not parts["obs"]:
+        fail(f"dataset {name} has no episodes")
+    data = {k: np.concatenate(v) for k, v in parts.items()}
+    for field, values in data.items():
+        if not np.all(np.isfinite(values)):
+            fail(f"dataset {name}: field {field!r} holds non-finite values at {int((~np.isfinite(values)).sum())} entries")
+    data["actions"] = np.clip((data["actions"] - (high + low) / 2) / ((high - low) / 2), -action_clip, action_clip)
+    return {k: v.astype(np.float32) for k, v in data.items()}
+
+
+def reference_scores(dataset) -> tuple[Optional[float], Optional[float], str]:
+    """(min, max, source) for the normalised score: the dataset's own, else D4RL's for the three locomotion envs."""
+    meta = dataset.storage.metadata
+    if meta.get("ref_min_score") is not None and meta.get("ref_max_score") is not None:
+        return float(meta["ref_min_score"]), float(meta["ref_max_score"]), "the dataset's reference scores"
+    env_name = (dataset.spec.env_spec.id if dataset.spec.env_spec is not None else "").lower()
+    for key, (lo, hi) in D4RL_REF_SCORES.items():
+        if env_name.startswith(key):
+            return lo, hi, f"D4RL's reference returns for {key} (the dataset has none)"
+    return None, None, "none (raw returns only)"
+
+
+def reward_range_scale(dataset) -> float:
+    """1000 / (max episode return - min episode return): the locomotion reward normalisation of IQL and CQL."""
+    returns = [float(np.sum(ep.rewards)) for ep in dataset.iterate_episodes()]
+    return 1000.0 / max(max(returns) - min(returns), 1e-8)
+
+
+def apply_dataset_presets(args: Args) -> list[str]:
+    """Apply DATASET_PRESETS when --env-id is one of its short names; returns what changed, for the log."""
+    preset = DATASET_PRESETS.get(args.env_id, {}) if args.dataset_presets else {}
+    for key, value in preset.items():
+        setattr(args, key, value)
+    return [f"{k}={v}" for k, v in preset.items()]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Networks
+class EnsembleMLP(nn.Module):
+    """`num_members` independent ReLU MLPs stored as stacked weights and evaluated together by batched matmuls.
+    Orthogonal initialisation: gain sqrt(2) for hidden layers, 1e-2 for the output layer; biases zero."""
+
+    def __init__(self, in_dim: int, out_dim: int, hidden: int, layers: int, num_members: int = 1):
+        super().__init__()
+        dims = [in_dim] + [hidden] * layers + [out_dim]
+        self.weights, self.biases = nn.ParameterList(), nn.ParameterList()
+        for i, (fan_in, fan_out) in enumerate(zip(dims[:-1], dims[1:])):
+            w = torch.empty(num_members, fan_in, fan_out)
+            for m in range(num_members):
+                nn.init.orthogonal_(w[m], gain=math.sqrt(2) if i < layers else 1e-2)
+            self.weights.append(nn.Parameter(w))
+            self.biases.append(nn.Parameter(torch.zeros(num_members, 1, fan_out)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (N, in), shared by all members; returns (members, N, out)."""
+        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
+            x = torch.baddbmm(b, x, w) if x.dim() == 3 else torch.matmul(x, w) + b
+            if i < len(self.weights) - 1:
+                x = F.relu(x)
+        return x
+
+
+class TwinCritic(nn.Module):
+    """Q1 and Q2 on concat(s, a), evaluated in one batched call: (..., obs), (..., act) -> (2, ...)."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: int, layers: int):
+        super().__init__()
+        self.net = EnsembleMLP(obs_dim + act_dim, 1, hidden, layers, num_members=2)
+
+    def forward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+        lead = obs.shape[:-1]
+        x = torch.cat([obs, act], -1).reshape(-1, obs.shape[-1] + act.shape[-1])
+        return self.net(x).reshape(2, *lead)
+
+
+class Actor(nn.Module):
+    """Tanh-squashed Gaussian: MLP(s) -> (mean, raw); log_std = clip(m * raw + c, -20, 2) with trainable scalars
+    m (init 1) and c (init -1)."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: int, layers: int):
+        super().__init__()
+        self.net = EnsembleMLP(obs_dim, 2 * act_dim, hidden, layers)
+        self.log_std_multiplier = nn.Parameter(torch.ones(()))
+        self.log_std_offset = nn.Parameter(torch.full((), -1.0))
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, raw = self.net(obs)[0].chunk(2, -1)
+        return mean, (self.log_std_multiplier * raw + self.log_std_offset).clamp(-20.0, 2.0)
+
+
+def tanh_gaussian_log_prob(pre_tanh: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
+    """log N(u; mean, std) - sum log(1 - tanh(u)^2), with the stable form log(1 - tanh^2 u) = 2(log 2 - u - softplus(-2u))."""
+    z = (pre_tanh - mean) * torch.exp(-log_std)
+    gaussian = (-0.5 * z.pow(2) - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+    return gaussian - (2 * (math.log(2.0) - pre_tanh - F.softplus(-2 * pre_tanh))).sum(-1)
+
+
+def sample_actions(mean: torch.Tensor, log_std: torch.Tensor, shape: tuple = ()) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reparameterised samples (shape + mean.shape) and their log-probs."""
+    u = mean + torch.exp(log_std) * torch.randn(shape + mean.shape, device=mean.device)
+    return torch.tanh(u), tanh_gaussian_log_prob(u, mean, log_std)
+
+
+def cql_penalty(q_rand, q_pi, log_pi, q_next_pi, log_next_pi, q_data, act_dim: int, temperature: float):
+    """CQL(H) with importance sampling: logsumexp over the 3N sampled actions of Q minus the log-density they were
+    drawn from (uniform on [-1,1]^A: log 0.5^A; the policy: log pi), minus the Q of the data actions.
+    q_*: (2, N, B), log_*: (N, B), q_data: (2, B). Returns the per-critic penalty (2,)."""
+    cat = torch.cat([q_rand - act_dim * math.log(0.5), q_pi - log_pi, q_next_pi - log_next_pi], dim=1)
+    return (temperature * torch.logsumexp(cat / temperature, dim=1) - q_data).mean(-1)
+
+
+class CQL:
+    """Networks, optimisers and the update. `update(batch)` returns a dict of detached 0-dim tensors."""
+
+    LOSS_NAMES = ("critic_loss", "actor_loss", "alpha_loss")
+
+    def __init__(self, args: Args, obs_dim: int, act_dim: int, device: torch.device,
+                 obs_mean: np.ndarray, obs_std: np.ndarray):
+        self.args, self.device, self.act_dim = args, device, act_dim
+        self.actor = Actor(obs_dim, act_dim, args.hidden_dim, args.num_layers).to(device)
+        self.critic = TwinCritic(obs_dim, act_dim, args.hidden_dim, args.critic_layers).to(device)
+        self.critic_target = TwinCritic(obs_dim, act_dim, args.hidden_dim, args.critic_layers).to(device)
+        self.critic_target.load_state_dict(self.critic.state_dict())
+        self.critic_target.requires_grad_(False)
+        self.log_alpha = nn.Parameter(torch.zeros((), device=device))
+        self.log_alpha_prime = nn.Parameter(torch.zeros((), device=device))
+        self.target_entropy = -float(act_dim)
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=args.policy_lr)
+        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=args.q_lr)
+        self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=args.alpha_lr)
+        self.alpha_prime_opt = torch.optim.Adam([self.log_alpha_prime], lr=args.q_lr)
+        self.obs_mean = torch.as_tensor(obs_mean, device=device)
+        self.obs_std = torch.as_tensor(obs_std, device=device)
+
+    def update(self, obs, actions, rewards, next_obs, dones) -> dict[str, torch.Tensor]:
+        args, n = self.args, self.args.cql_n_actions
+        alpha = self.log_alpha.exp()
+        mean, log_std = self.actor(obs)
+        # -- SAC policy and temperature losses
+        new_actions, new_log_pi = sample_actions(mean, log_std)
+        actor_loss = (alpha.detach() * new_log_pi - self.critic(obs, new_actions).min(0).values).mean()
+        alpha_loss = -(self.log_alpha * (new_log_pi.detach() + self.target_entropy)).mean()
+        # -- TD loss: min of the target critics at one a' ~ pi(s'), no entropy term in the backup
+        with torch.no_grad():
+            next_mean, next_log_std = self.actor(next_obs)
+            next_actions, _ = sample_actions(next_mean, next_log_std)
+            td_target = rewards + args.gamma * (1.0 - dones) * self.critic_target(next_obs, next_actions).min(0).values
+            pi_actions, pi_log = sample_actions(mean, log_std, (n,))  # (N, B, A), detached
+            next_pi_actions, next_pi_log = sample_actions(next_mean, next_log_std, (n,))
+            rand_actions = torch.rand(n, *actions.shape, device=actions.device) * 2 - 1
+        q_data = self.critic(obs, actions)
+        td_loss = (q_data - td_target).pow(2).mean(-1)  # (2,)
+        # -- conservative penalty on uniform, pi(s) and pi(s') actions (Q(s, .) at all of them)
+        obs_n = obs.expand(n, *obs.shape)
+        q_rand, q_pi, q_next_pi = (self.critic(obs_n, a) for a in (rand_actions, pi_actions, next_pi_actions))
+        penalty = cql_penalty(q_rand, q_pi, pi_log, q_next_pi, next_pi_log, q_data, self.act_dim, args.cql_temperature)
+        if args.cql_lagrange:
+            alpha_prime = self.log_alpha_prime.exp().clamp(0.0, 1e6)
+            gap = penalty - args.cql_target_action_gap
+            critic_loss = (td_loss + alpha_prime.detach() * args.cql_alpha * gap).sum()
+            alpha_prime_loss = -(alpha_prime * args.cql_alpha * gap.detach()).mean()
+        else:
+            critic_loss = (td_loss + args.cql_alpha * penalty).sum()  # each critic gets its own loss only
+
+        # -- every loss above used the pre-update parameters; now compute each group's gradient and step all
+        groups = [(critic_loss, list(self.critic.parameters()), self.critic_opt),
+                  (actor_loss, list(self.actor.parameters()), self.actor_opt),
+                  (alpha_loss, [self.log_alpha], self.alpha_opt)]
+        if args.cql_lagrange:
+            groups.append((alpha_prime_loss, [self.log_alpha_prime], self.alpha_prime_opt))
+        grads = [torch.autograd.grad(loss, params, retain_graph=True) for loss, params, _ in groups]
+        for (_, params, opt), group_grads in zip(groups, grads):
+            for p, g in zip(params, group_grads):
+                p.grad = g
+            opt.step()
+        with torch.no_grad():
+            for tp, p in zip(self.critic_target.parameters(), self.critic.parameters()):
+                tp.lerp_(p, args.tau)
+        return {"losses/critic_loss": critic_loss.detach(), "losses/td_loss": td_loss.detach().mean(),
+                "losses/cql_penalty": penalty.detach().mean(), "losses/actor_loss": actor_loss.detach(),
+                "losses/alpha_loss": alpha_loss.detach(), "losses/alpha": alpha.detach(),
+                "losses/alpha_prime": self.log_alpha_prime.detach().exp(), "losses/q_data": q_data.detach().mean(),
+                "losses/entropy": -new_log_pi.detach().mean()}
+
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor) -> torch.Tensor:
+        """Deterministic evaluation action: tanh of the mean."""
+        return torch.tanh(self.actor((obs - self.obs_mean) / self.obs_std)[0])
+
+    def state_dict(self) -> dict:
+        return {"actor": self.actor.state_dict(), "critic": self.critic.state_dict(),
+                "critic_target": self.critic_target.state_dict(), "log_alpha": self.log_alpha.detach().clone(),
+                "log_alpha_prime": self.log_alpha_prime.detach().clone(), "actor_opt": self.actor_opt.state_dict(),
+                "critic_opt": self.critic_opt.state_dict(), "alpha_opt": self.alpha_opt.state_dict(),
+                "alpha_prime_opt": self.alpha_prime_opt.state_dict(),
+                "obs_mean": self.obs_mean.cpu(), "obs_std": self.obs_std.cpu()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name in ("actor", "critic", "critic_target", "actor_opt", "critic_opt", "alpha_opt", "alpha_prime_opt"):
+            getattr(self, name).load_state_dict(state[name])
+        with torch.no_grad():
+            self.log_alpha.copy_(state["log_alpha"])
+            self.log_alpha_prime.copy_(state["log_alpha_prime"])
+        self.obs_mean = state["obs_mean"].to(self.device)
+        self.obs_std = state["obs_std"].to(self.device)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Evaluation, checkpoints
+def evaluate(policy: Callable[[torch.Tensor], torch.Tensor], envs: list, seed: int, action_low: np.ndarray,
+             action_high: np.ndarray, device: torch.device) -> np.ndarray:
+    """One episode per env, run in lockstep so the policy sees one batch per step. `policy` maps observations to
+    deterministic actions in [-1, 1], which are mapped back to the env's Box bounds."""
+    obs = np.stack([env.reset(seed=seed + i)[0] for i, env in enumerate(envs)]).astype(np.float32)
+    returns, alive = np.zeros(len(envs)), np.ones(len(envs), dtype=bool)
+    while alive.any():
+        with torch.no_grad():
+            squashed = policy(torch.as_tensor(obs, device=device)).cpu().numpy()
+        env_actions = action_low + (squashed + 1.0) * 0.5 * (action_high - action_low)
+        for i in np.flatnonzero(alive):
+            next_obs, reward, terminated, truncated, _ = envs[i].step(env_actions[i])
+            obs[i] = next_obs
+            returns[i] += reward
+            alive[i] = not (terminated or truncated)
+    return returns
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: Path, agent, step: int, args: Args, run_name: str) -> None:
+    blob = {"agent": agent.state_dict(), "step": step, "args": asdict(args), "run_name": run_name, "rng": rng_state()}
+    torch.save(blob, str(path) + ".tmp")
+    os.replace(str(path) + ".tmp", path)  # atomic: an interruption never leaves a half-written checkpoint
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+def main(args: Args) -> None:
+    resume_blob = None
+    if args.resume is not None:
+        if not Path(args.resume).is_file():
+            fail(f"--resume {args.resume}: no such checkpoint file")
+        try:
+            resume_blob = torch.load(args.resume, map_location="cpu", weights_only=False)
+            saved = Args(**resume_blob["args"])
+        except Exception as e:
+            fail(f"--resume {args.resume}: not a checkpoint of this script ({type(e).__name__}: {e})")
+        for flag in ("total_timesteps", "save_model", "track", "cuda", "resume"):
+            setattr(saved, flag, getattr(args, flag))
+        args = saved
+    presets = apply_dataset_presets(args)
+    validate_args(args)
+
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+
+    dataset = load_dataset(args.env_id)
+    data = dataset_to_transitions(dataset, dataset.spec.dataset_id, args.action_clip)
+    reward_mode = "raw"
+    if args.normalize_reward:
+        scale = reward_range_scale(dataset)
+        data["rewards"] = data["rewards"] * scale
+        reward_mode = f"x{scale:.4g} (1000 / episode-return range)"
+    if args.normalize_states:
+        obs_mean, obs_std = data["obs"].mean(0), data["obs"].std(0) + 1e-3
+        data["obs"], data["next_obs"] = (data["obs"] - obs_mean) / obs_std, (data["next_obs"] - obs_mean) / obs_std
+    else:
+        obs_mean, obs_std = np.zeros(data["obs"].shape[1], np.float32), np.ones(data["obs"].shape[1], np.float32)
+    num_transitions = len(data["rewards"])
+    if num_transitions < args.batch_size:
+        fail(f"dataset {args.env_id} has {num_transitions} transitions, fewer than --batch-size {args.batch_size}")
+    buffer = {k: torch.as_tensor(v, device=device) for k, v in data.items()}  # the whole dataset lives on the device
+    obs_dim, act_dim = data["obs"].shape[1], data["actions"].shape[1]
+    ref_min, ref_max, ref_source = reference_scores(dataset)
+    try:
+        eval_envs = [dataset.recover_environment(eval_env=True) for _ in range(args.eval_episodes)]
+    except Exception as e:
+        fail(f"cannot build the evaluation env of {args.env_id}: {type(e).__name__}: {e}")
+    if eval_envs[0].observation_space.shape != (obs_dim,) or eval_envs[0].action_space.shape != (act_dim,):
+        fail(f"dataset {args.env_id} does not match its env: data obs/act dims {obs_dim}/{act_dim}, env "
+             f"{eval_envs[0].observation_space.shape}/{eval_envs[0].action_space.shape}")
+    action_low, action_high = dataset.action_space.low, dataset.action_space.high
+
+    agent = CQL(args, obs_dim, act_dim, device, obs_mean, obs_std)
+    step = 0
+    if resume_blob is not None:
+        agent.load_state_dict(resume_blob["agent"])
+        step, run_name = resume_blob["step"], resume_blob["run_name"]
+        set_rng_state(resume_blob["rng"])
+        run_dir = Path(args.resume).parent
+    else:
+        run_name = f"{args.env_id.replace('/', '-')}__{args.exp_name}__{args.seed}__{int(time.time())}"
+        run_dir = Path("runs") / run_name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint_path = run_dir / "checkpoint.pt"
+
+    from torch.utils.tensorboard import SummaryWriter
+    from tqdm import tqdm
+
+    if args.track:
+        try:
+            import wandb
+        except ImportError:
+            fail("--track needs Weights & Biases: pip install wandb")
+        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
+                   config=vars(args), name=run_name, save_code=True, resume="allow", id=run_name)
+    writer = SummaryWriter(str(run_dir), purge_step=step if step else None)
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
+    eval_csv = run_dir / "evaluations.csv"
+    rows = []
+    if step and eval_csv.exists():  # keep the rows up to the checkpoint: later ones are about to be redone
+        with open(eval_csv) as f:
+            rows = [r for r in csv.DictReader(f) if int(r["step"]) <= step]
+    with open(eval_csv, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["step", "mean_return", "std_return", "normalized_score"])
+        w.writeheader()
+        w.writerows(rows)
+
+    print(f"run {run_name} on {device}: {num_transitions} transitions from {dataset.spec.dataset_id}, "
+          f"rewards: {reward_mode}, normalised score from {ref_source}"
+          + (f"; dataset presets applied: {', '.join(presets)}" if presets else ""))
+    last_score = float("nan")
+    first_bad_step = torch.full((), -1, dtype=torch.long, device=device)  # first step with a non-finite loss
+    bad_losses = torch.zeros(len(CQL.LOSS_NAMES), dtype=torch.bool, device=device)
+
+    def check_finite() -> None:
+        if first_bad_step.item() >= 0:
+            names = [n for n, bad in zip(CQL.LOSS_NAMES, bad_losses.tolist()) if bad]
+            kept = f"the last good checkpoint {checkpoint_path} is kept" if checkpoint_path.exists() else "no checkpoint was written"
+            print(f"error: non-finite {', '.join(names)} at step {first_bad_step.item()}; stopping ({kept})", file=sys.stderr)
+            sys.exit(1)
+
+    bar = tqdm(total=args.total_timesteps, initial=step, desc=ALGO, unit="step", dynamic_ncols=True, mininterval=1.0)
+    start_time, start_step = time.time(), step
+    try:
+        while step < args.total_timesteps:
+            idx = torch.randint(num_transitions, (args.batch_size,), device=device)
+            metrics = agent.update(*(buffer[k][idx] for k in ("obs", "actions", "rewards", "next_obs", "dones")))
+            losses = torch.stack([metrics[f"losses/{n}"] for n in CQL.LOSS_NAMES])
+            finite = torch.isfinite(losses)
+            newly_bad = (first_bad_step < 0) & ~finite.all()
+            bad_losses = torch.where(newly_bad, ~finite, bad_losses)
+            first_bad_step = torch.where(newly_bad, torch.full_like(first_bad_step, step + 1), first_bad_step)
+            step += 1
+            bar.update(1)
+
+            if step % args.log_freq == 0 or step == args.total_timesteps:
+                check_finite()
+                sps = (step - start_step) / max(time.time() - start_time, 1e-9)
+                for key, value in metrics.items():
+                    writer.add_scalar(key, value.item(), step)
+                writer.add_scalar("charts/SPS", sps, step)
+                bar.set_postfix(SPS=f"{sps:.1f}", score=f"{last_score:.1f}")
+            if step % args.eval_freq == 0 or step == args.total_timesteps:
+                check_finite()
+                returns = evaluate(agent.act, eval_envs, args.seed + step, action_low, action_high, device)
+                mean_return = float(returns.mean())
+                score = 100 * (mean_return - ref_min) / (ref_max - ref_min) if ref_min is not None else float("nan")
+                last_score = score if ref_min is not None else mean_return
+                writer.add_scalar("eval/return", mean_return, step)
+                if ref_min is not None:
+                    writer.add_scalar("eval/normalized_score", score, step)
+                with open(eval_csv, "a", newline="") as f:
+                    csv.writer(f).writerow([step, f"{mean_return:.4f}", f"{returns.std():.4f}",
+                                            "" if ref_min is None else f"{score:.4f}"])
+                tqdm.write(f"step {step}: return {mean_return:.1f} +- {returns.std():.1f}"
+                           + (f", normalised score {score:.1f}" if ref_min is not None else ""))
+                if args.save_model:
+                    save_checkpoint(checkpoint_path, agent, step, args, run_name)
+    except KeyboardInterrupt:
+        bar.close()
+        check_finite()
+        save_checkpoint(checkpoint_path, agent, step, args, run_name)
+        print(f"\ninterrupted at step {step}; saved {checkpoint_path}; continue with --resume {checkpoint_path}")
+        sys.exit(130)
+    bar.close()
+    writer.close()
+    for env in eval_envs:
+        env.close()
+    print(f"done: {step} steps in {run_dir}" + (f"; checkpoint {checkpoint_path}" if args.save_model else ""))
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))
