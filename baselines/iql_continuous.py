@@ -352,7 +352,11 @@ class IQL:
         self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=args.actor_lr)
         self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=args.q_lr)
         self.value_opt = torch.optim.Adam(self.value.parameters(), lr=args.v_lr)
-        self.actor_schedule = torch.optim.lr_scheduler.CosineAnnealingLR(self.actor_opt, args.total_timesteps)
+        # cosine from actor_lr to 0 over the run, in closed form of the step: a resumed run follows the schedule
+        # of its current --total-timesteps
+        self.actor_schedule = torch.optim.lr_scheduler.LambdaLR(
+            self.actor_opt, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, self.args.total_timesteps)
+                                                             / self.args.total_timesteps)))
         self.obs_mean = torch.as_tensor(obs_mean, device=device)
         self.obs_std = torch.as_tensor(obs_std, device=device)
 
