@@ -266,6 +266,7 @@ def main(args: Args):
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
     env = gym.make(env_id)
+    env.action_space.seed(args.seed)  # the random warm-up actions must be reproducible too
     obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
     actor = Actor(obs_dim, act_dim, args.hidden_dim).to(device)
     critic = TwinCritic(obs_dim, act_dim, args.hidden_dim).to(device)
