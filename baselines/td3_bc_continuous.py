@@ -57,6 +57,8 @@ class Args:
     resume: Optional[str] = None
     """path of a checkpoint.pt to continue; hyperparameters come from the checkpoint, and only --total-timesteps,
     --save-model, --track and --cuda are taken from the command line"""
+    run_name: Optional[str] = None
+    """name of the run directory under runs/ (default <env-id>__<exp-name>__<seed>__<unix time>)"""
 
     env_id: str = "walker2d-medium"
     """a Minari dataset id (e.g. mujoco/walker2d/medium-v0) or a short D4RL-style name (e.g. hopper-medium-replay)"""
@@ -477,7 +479,7 @@ def main(args: Args) -> None:
         set_rng_state(resume_blob["rng"])
         run_dir = Path(args.resume).parent
     else:
-        run_name = f"{args.env_id.replace('/', '-')}__{args.exp_name}__{args.seed}__{int(time.time())}"
+        run_name = args.run_name or f"{args.env_id.replace('/', '-')}__{args.exp_name}__{args.seed}__{int(time.time())}"
         run_dir = Path("runs") / run_name
     run_dir.mkdir(parents=True, exist_ok=True)
     checkpoint_path = run_dir / "checkpoint.pt"

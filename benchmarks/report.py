@@ -1,0 +1,145 @@
+"""Turn runs/*/evaluations.csv into results tables (markdown) and learning curves (PNG).
+
+    python benchmarks/report.py --runs-dir runs --out results/
+
+Run directories are named ENV__ALGO__SEED (benchmark.py) or ENV__ALGO__SEED__TIME (a plain script run); runs of
+the same (ALGO, ENV) are seeds of one cell. Writes OUT/results.md (one table of final scores and one of best scores,
+algorithm x dataset, mean +- std over seeds with the seed count, and a total row) and OUT/curves.png (one panel per
+dataset, one line per algorithm, mean and a +-std band over seeds).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import sys
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tyro
+
+PROTOCOL = (
+    "Each evaluation runs the deterministic policy (tanh of the mean, or the deterministic actor) for the run's "
+    "--eval-episodes episodes (default 10) and records the normalised score of the mean return, "
+    "100 * (R - ref_min) / (ref_max - ref_min), or the raw mean return where the dataset has no reference scores. "
+    "final = the last evaluation of a run; best = the maximum over its evaluations (optimistic: it selects on the "
+    "evaluation episodes). Cells give mean +- std (population std) over seeds, with the seed count."
+)
+
+
+@dataclass
+class Args:
+    runs_dir: str = "runs"
+    """the directory holding one sub-directory per run"""
+    out: str = "results"
+    """where results.md and curves.png are written"""
+
+
+def load_runs(runs_dir: Path) -> dict[tuple[str, str], dict[int, list[tuple[int, float]]]]:
+    """{(algo, env): {seed: [(step, score), ...]}}; the score is the normalised score, else the mean return."""
+    cells: dict = defaultdict(dict)
+    for csv_path in sorted(runs_dir.glob("*/evaluations.csv")):
+        parts = csv_path.parent.name.split("__")
+        if len(parts) < 3 or not parts[2].lstrip("-").isdigit():
+            print(f"skipping {csv_path.parent.name}: not named ENV__ALGO__SEED", file=sys.stderr)
+            continue
+        env, algo, seed = parts[0], parts[1], int(parts[2])
+        with open(csv_path) as f:
+            rows = list(csv.DictReader(f))
+        curve = [(int(r["step"]), float(r["normalized_score"] or r["mean_return"])) for r in rows]
+        if curve:
+            cells[(algo, env)][seed] = curve
+    return cells
+
+
+def summarize(cells):
+    """{(algo, env): {"final": [per-seed], "best": [per-seed], "seeds": [...]}}."""
+    out = {}
+    for key, seeds in cells.items():
+        order = sorted(seeds)
+        out[key] = {"seeds": order, "final": [seeds[s][-1][1] for s in order],
+                    "best": [max(v for _, v in seeds[s]) for s in order]}
+    return out
+
+
+def fmt(values: list[float]) -> str:
+    if not values:
+        return "-"
+    return f"{np.mean(values):.1f} ± {np.std(values):.1f} ({len(values)})"
+
+
+def table(summary, algos, envs, which: str) -> str:
+    lines = ["| dataset | " + " | ".join(algos) + " |", "|---" * (len(algos) + 1) + "|"]
+    for env in envs:
+        lines.append(f"| {env} | " + " | ".join(fmt(summary[(a, env)][which]) if (a, env) in summary else "-"
+                                                for a in algos) + " |")
+    totals = []
+    for algo in algos:
+        if not all((algo, env) in summary for env in envs):
+            totals.append("-")
+            continue
+        # per-seed totals over the seeds every dataset has; the mean of the total is the sum of the means either way
+        common = set.intersection(*(set(summary[(algo, env)]["seeds"]) for env in envs))
+        per_seed = [sum(summary[(algo, env)][which][summary[(algo, env)]["seeds"].index(s)] for env in envs)
+                    for s in sorted(common)]
+        mean_total = sum(np.mean(summary[(algo, env)][which]) for env in envs)
+        totals.append(f"{mean_total:.1f} ± {np.std(per_seed):.1f} ({len(per_seed)})" if per_seed else f"{mean_total:.1f}")
+    lines.append("| **total** | " + " | ".join(totals) + " |")
+    return "\n".join(lines)
+
+
+def plot(cells, algos, envs, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = min(3, len(envs))
+    rows = math.ceil(len(envs) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.6 * rows), squeeze=False)
+    for ax, env in zip(axes.flat, envs):
+        for algo in algos:
+            seeds = cells.get((algo, env))
+            if not seeds:
+                continue
+            steps = sorted(set.intersection(*(set(s for s, _ in curve) for curve in seeds.values())))
+            values = np.array([[dict(curve)[s] for s in steps] for curve in seeds.values()])
+            mean, std = values.mean(0), values.std(0)
+            ax.plot(steps, mean, label=f"{algo} ({len(seeds)})")
+            ax.fill_between(steps, mean - std, mean + std, alpha=0.2)
+        ax.set_title(env)
+        ax.set_xlabel("gradient steps")
+        ax.set_ylabel("normalised score")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    for ax in list(axes.flat)[len(envs):]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(args: Args) -> int:
+    cells = load_runs(Path(args.runs_dir))
+    if not cells:
+        print(f"error: no runs/*/evaluations.csv under {args.runs_dir}", file=sys.stderr)
+        return 2
+    summary = summarize(cells)
+    algos = sorted({a for a, _ in cells})
+    envs = sorted({e for _, e in cells})
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    text = (f"# Results\n\n{PROTOCOL}\n\n## Final score (last evaluation)\n\n{table(summary, algos, envs, 'final')}\n\n"
+            f"## Best score (maximum over evaluations)\n\n{table(summary, algos, envs, 'best')}\n\n"
+            f"![learning curves](curves.png)\n")
+    (out / "results.md").write_text(text)
+    plot(cells, algos, envs, out / "curves.png")
+    print(text)
+    print(f"wrote {out / 'results.md'} and {out / 'curves.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(tyro.cli(Args)))

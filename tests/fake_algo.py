@@ -1,0 +1,28 @@
+"""A stand-in algorithm script for the benchmark-runner tests: it behaves like the real scripts' CLI (writes
+runs/<run-name>/evaluations.csv) in a fraction of a second, and fails on purpose for --seed 13."""
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+
+total_timesteps: int = 30  # the default benchmark.py reads, as from the real scripts' Args
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--env-id")
+parser.add_argument("--seed", type=int)
+parser.add_argument("--run-name")
+parser.add_argument("--total-timesteps", type=int, default=total_timesteps)
+parser.add_argument("--eval-freq", type=int, default=10)
+args = parser.parse_args()
+if args.seed == 13:
+    print("failing on purpose", file=sys.stderr)
+    sys.exit(3)
+run_dir = Path("runs") / args.run_name
+run_dir.mkdir(parents=True, exist_ok=True)
+with open(run_dir / "evaluations.csv", "w", newline="") as f:
+    w = csv.writer(f)
+    w.writerow(["step", "mean_return", "std_return", "normalized_score"])
+    for step in range(args.eval_freq, args.total_timesteps + 1, args.eval_freq):
+        w.writerow([step, step * 10.0, 1.0, step + args.seed])
+print("ok")

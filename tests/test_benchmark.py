@@ -1,0 +1,113 @@
+"""Tests of benchmark.py (grid, local runs, failures, --resume, Ray) and benchmarks/report.py."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import ROOT
+
+FAKE = str(ROOT / "tests" / "fake_algo.py")
+
+
+def load(path):
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[path.stem] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+benchmark = load(ROOT / "benchmark.py")
+report = load(ROOT / "benchmarks" / "report.py")
+
+
+def test_grid_expansion_and_deterministic_names():
+    args = benchmark.Args(scripts=[str(ROOT / "misa_continuous.py"), str(ROOT / "baselines" / "iql_continuous.py")],
+                          env_ids=["hopper-medium", "mujoco/walker2d/medium-v0"], num_seeds=2, start_seed=5,
+                          extra_args="--total-timesteps 100 --eval-freq 50")
+    runs = benchmark.expand_grid(args)
+    assert len(runs) == 2 * 2 * 2
+    assert [r.name for r in runs[:4]] == ["hopper-medium__misa_continuous__5", "hopper-medium__misa_continuous__6",
+                                          "mujoco-walker2d-medium-v0__misa_continuous__5",
+                                          "mujoco-walker2d-medium-v0__misa_continuous__6"]
+    assert runs[0].command[-8:] == ["--seed", "5", "--run-name", "hopper-medium__misa_continuous__5",
+                                    "--total-timesteps", "100", "--eval-freq", "50"]
+    assert [r.name for r in benchmark.expand_grid(args)] == [r.name for r in runs]  # deterministic
+    assert all(r.total_timesteps == 100 for r in runs)
+    # without the flag, the script's own default
+    assert benchmark.total_timesteps(str(ROOT / "misa_continuous.py"), []) == 1_200_000
+    assert benchmark.total_timesteps(str(ROOT / "baselines" / "iql_continuous.py"), []) == 1_000_000
+
+
+def run_benchmark(tmp_path, *extra):
+    return subprocess.run([sys.executable, str(ROOT / "benchmark.py"), "--scripts", FAKE, "--env-ids", "toy",
+                           "--output-dir", str(tmp_path), *extra], capture_output=True, text=True, timeout=300)
+
+
+def test_local_runs_report_failures_and_resume_skips_finished(tmp_path):
+    r = run_benchmark(tmp_path, "--num-seeds", "2", "--start-seed", "12", "--workers", "2")
+    assert r.returncode == 1
+    assert "1 of 2 runs succeeded" in r.stdout
+    assert "failed: toy__fake_algo__13" in r.stdout and str(tmp_path / "runs" / "logs" / "toy__fake_algo__13.log") in r.stdout
+    assert "failing on purpose" in (tmp_path / "runs" / "logs" / "toy__fake_algo__13.log").read_text()
+    assert (tmp_path / "runs" / "toy__fake_algo__12" / "evaluations.csv").exists()
+    r = run_benchmark(tmp_path, "--num-seeds", "2", "--start-seed", "12", "--resume")
+    assert "2 runs in the grid, 1 already complete, 1 to run" in r.stdout
+    # a run whose csv stops short of --total-timesteps is not complete
+    r = run_benchmark(tmp_path, "--num-seeds", "1", "--start-seed", "12", "--resume",
+                      "--extra-args=--total-timesteps 60", "--dry-run")
+    assert "1 runs in the grid, 0 already complete, 1 to run" in r.stdout
+
+
+def write_run(root, name, scores):
+    d = root / name
+    d.mkdir(parents=True)
+    with open(d / "evaluations.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["step", "mean_return", "std_return", "normalized_score"])
+        for i, s in enumerate(scores):
+            w.writerow([(i + 1) * 10, 0.0, 0.0, s])
+
+
+def test_report_means_stds_finals_bests_and_png(tmp_path):
+    runs = tmp_path / "runs"
+    write_run(runs, "hopper-medium__iql__1", [10, 50, 30])
+    write_run(runs, "hopper-medium__iql__2", [20, 40, 50])
+    write_run(runs, "walker2d-medium__iql__1", [5, 7, 9])
+    write_run(runs, "walker2d-medium__iql__2", [1, 2, 3])
+    write_run(runs, "hopper-medium__misa__1__1700000000", [60, 70, 65])
+    summary = report.summarize(report.load_runs(runs))
+    assert summary[("iql", "hopper-medium")]["final"] == [30, 50]
+    assert summary[("iql", "hopper-medium")]["best"] == [50, 50]
+    md = report.table(summary, ["iql", "misa"], ["hopper-medium", "walker2d-medium"], "final")
+    assert "| hopper-medium | 40.0 ± 10.0 (2) | 65.0 ± 0.0 (1) |" in md
+    assert "| walker2d-medium | 6.0 ± 3.0 (2) | - |" in md
+    # totals: seed 1 = 30 + 9, seed 2 = 50 + 3 -> 46.0 +- 6.5; misa lacks walker2d -> no total
+    assert f"| **total** | 46.0 ± {np.std([39, 53]):.1f} (2) | - |" in md
+    out = tmp_path / "out"
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "report.py"), "--runs-dir", str(runs), "--out",
+                        str(out)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    text = (out / "results.md").read_text()
+    assert "deterministic policy" in text and "Best score" in text
+
+
+def test_ray_runs_two_jobs(tmp_path):
+    pytest.importorskip("ray")
+    head = subprocess.run(["ray", "start", "--head", "--node-ip-address", "127.0.0.1", "--port", "6390",
+                           "--num-cpus", "2", "--include-dashboard", "false", "--disable-usage-stats"],
+                          capture_output=True, text=True, timeout=180)
+    assert head.returncode == 0, head.stderr
+    try:
+        r = run_benchmark(tmp_path, "--num-seeds", "2", "--ray-address", "127.0.0.1:6390")
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "2 of 2 runs succeeded" in r.stdout
+        assert len(list((tmp_path / "runs").glob("toy__fake_algo__*/evaluations.csv"))) == 2
+    finally:
+        subprocess.run(["ray", "stop", "--force"], capture_output=True, timeout=120)
