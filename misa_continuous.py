@@ -69,6 +69,10 @@ class Args:
     --save-model, --track and --cuda are taken from the command line"""
     run_name: Optional[str] = None
     """name of the run directory under runs/ (default <env-id>__<exp-name>__<seed>__<unix time>)"""
+    compile: bool = False
+    """wrap the update in torch.compile (eager runs are unaffected; expect minutes of compilation first)"""
+    compile_mode: Literal["auto", "default", "reduce-overhead", "max-autotune"] = "auto"
+    """torch.compile mode; auto is reduce-overhead (CUDA-graph capture) on CUDA and default on the CPU"""
 
     env_id: str = "walker2d-medium"
     """a Minari dataset id (e.g. mujoco/walker2d/medium-v0) or a short D4RL-style name (e.g. hopper-medium-replay)"""
@@ -715,11 +719,15 @@ def main(args: Args) -> None:
             sys.exit(1)
 
     bar = tqdm(total=args.total_timesteps, initial=step, desc="MISA", unit="step", dynamic_ncols=True, mininterval=1.0)
+    update = agent.update
+    if args.compile:
+        mode = args.compile_mode if args.compile_mode != "auto" else ("reduce-overhead" if device.type == "cuda" else "default")
+        update = torch.compile(agent.update, mode=mode)
     start_time, start_step = time.time(), step
     try:
         while step < args.total_timesteps:
             idx = torch.randint(num_transitions, (args.batch_size,), device=device)
-            metrics = agent.update(*(buffer[k][idx] for k in ("obs", "actions", "rewards", "next_obs", "dones")))
+            metrics = update(*(buffer[k][idx] for k in ("obs", "actions", "rewards", "next_obs", "dones")))
             losses = torch.stack([metrics[f"losses/{n}"] for n in MISA.LOSS_NAMES])
             finite = torch.isfinite(losses)
             newly_bad = (first_bad_step < 0) & ~finite.all()
