@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -38,8 +39,13 @@ def datasets_root(tmp_path_factory) -> Path:
     return root
 
 
+# One thread per process: the networks in the tests are tiny, and it keeps the suite fast and predictable when
+# other work shares the 2 cores (torch's default thread pool slows down badly under contention).
+torch.set_num_threads(1)
+
+
 def run_script(script: str, *args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=timeout)
 
