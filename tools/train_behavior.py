@@ -91,6 +91,9 @@ class Args:
     """where the final actor, the medium-replay buffer and manifest.json are written"""
     resume: bool = False
     """continue from <run-dir>/checkpoint.pt"""
+    ship_step: Optional[int] = None
+    """train nothing: ship the actor snapshot evaluated at this step of the finished run in --run-dir (and, for the
+    medium role, the replay buffer up to that step), e.g. when the run's stopping evaluation overshot the level"""
     threads: int = 1
     """torch CPU threads (1 is fastest for these small networks and lets two runs share 2 cores)"""
     cuda: bool = True
@@ -302,6 +305,7 @@ def main(args: Args):
             "actor_opt": actor_opt.state_dict(), "critic_opt": critic_opt.state_dict(),
             "alpha_opt": alpha_opt.state_dict(), "log_alpha": log_alpha.detach().cpu(), "replay": replay.state(),
             "step": step, "episode": episode, "history": history, "rng": rng_state(), "args": asdict(args),
+            "command": "python tools/train_behavior.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
         }
         torch.save(blob, str(ckpt_path) + ".tmp")
         os.replace(str(ckpt_path) + ".tmp", ckpt_path)  # atomic: an interruption never leaves a broken checkpoint
@@ -330,10 +334,10 @@ def main(args: Args):
             for p, tp in zip(critic.parameters(), critic_target.parameters()):
                 tp.lerp_(p, args.tau)
 
-    def finish(kind: str, snapshot_step: int, returns: np.ndarray):
+    def finish(kind: str, snapshot_step: int, returns: np.ndarray, cmd: Optional[str] = None):
         """Write the final actor, (medium) the replay buffer, and the manifest entry."""
         name = f"{args.env}-{args.role}"
-        cmd = "python tools/train_behavior.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+        cmd = cmd or "python tools/train_behavior.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
         blob = {
             "state_dict": {k: v.cpu() for k, v in actor.state_dict().items()}, "obs_dim": obs_dim,
             "act_dim": act_dim, "hidden_dim": args.hidden_dim, "env_id": env_id, "sac_steps": snapshot_step,
@@ -356,6 +360,21 @@ def main(args: Args):
         manifest[name] = entry
         manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         print(f"wrote {out_dir / (name + '.pt')}: {entry}")
+
+    if args.ship_step is not None:
+        snapshot = run_dir / "actors" / f"step_{args.ship_step}.pt"
+        if not args.resume or not snapshot.exists() or args.ship_step > replay.size:
+            sys.exit(f"error: --ship-step needs --resume and a snapshot {snapshot} within the checkpoint's steps")
+        snap = torch.load(snapshot, map_location=device, weights_only=False)
+        actor.load_state_dict(snap["state_dict"])
+        replay.size = args.ship_step  # the transitions collected up to the snapshot: the run's first ship_step
+        train_cmd = ck.get("command", "python tools/train_behavior.py " + " ".join(
+            f"--{k.replace('_', '-')} {v}" if k != "env" else str(v) for k, v in ck["args"].items()
+            if k in ("env", "role", "seed", "eval_every", "target_score", "total_steps") and v != getattr(Args, k, None)))
+        ship_cmd = "python tools/train_behavior.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+        finish(f"snapshot at step {args.ship_step} of a run whose stopping evaluation overshot", args.ship_step,
+               np.asarray(snap["returns"]), cmd=f"{train_cmd} && {ship_cmd}")
+        return
 
     obs, _ = env.reset(seed=args.seed + 1000 * episode)
     ep_return, ep_len, checkpoint_due = 0.0, 0, False
