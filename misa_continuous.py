@@ -29,6 +29,7 @@ import math
 import os
 import random
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -631,7 +632,12 @@ def save_checkpoint(path: Path, agent, step: int, args: Args, run_name: str) -> 
 
 
 # ----------------------------------------------------------------------------------------------------------------------
+def raise_keyboard_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main(args: Args) -> None:
+    signal.signal(signal.SIGTERM, raise_keyboard_interrupt)  # a kill or a cluster preemption checkpoints like Ctrl-C
     resume_blob = None
     if args.resume is not None:
         if not Path(args.resume).is_file():

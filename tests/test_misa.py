@@ -268,3 +268,27 @@ def test_help_documents_every_flag(tmp_path):
     assert r.returncode == 0
     for flag in ("--num-mc-samples", "--mcmc-burnin", "--mi-bound", "--resume", "--no-mcmc", "--min-q-weight"):
         assert flag in r.stdout
+
+
+def test_sigterm_saves_a_checkpoint_that_resumes(datasets_root, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import ROOT
+
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, str(ROOT / "misa_continuous.py"), "--env-id", "test/pendulum/energy-v0",
+                             "--total-timesteps", "100000", *TINY], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not list(tmp_path.glob("runs/*/events.out.tfevents.*")) and time.time() < deadline:
+        time.sleep(0.5)
+    time.sleep(3)  # inside the training loop by now
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    (ckpt,) = tmp_path.glob("runs/*/checkpoint.pt")
+    assert "--resume" in out and torch.load(ckpt, weights_only=False)["step"] > 0

@@ -26,6 +26,7 @@ import math
 import os
 import random
 import shlex
+import signal
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -250,7 +251,12 @@ def set_rng_state(s: dict):
     torch.set_rng_state(s["torch"])
 
 
+def raise_keyboard_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main(args: Args):
+    signal.signal(signal.SIGTERM, raise_keyboard_interrupt)  # a kill or a preemption checkpoints like Ctrl-C
     if args.total_steps <= args.learning_starts:
         sys.exit(f"error: --total-steps ({args.total_steps}) must exceed --learning-starts ({args.learning_starts})")
     for flag in ("eval_every", "eval_episodes", "checkpoint_every", "batch_size", "hidden_dim", "threads"):
@@ -372,7 +378,7 @@ def main(args: Args):
             f"--{k.replace('_', '-')} {v}" if k != "env" else str(v) for k, v in ck["args"].items()
             if k in ("env", "role", "seed", "eval_every", "target_score", "total_steps") and v != getattr(Args, k, None)))
         ship_cmd = "python tools/train_behavior.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-        finish(f"snapshot at step {args.ship_step} of a run whose stopping evaluation overshot", args.ship_step,
+        finish(f"evaluated snapshot at step {args.ship_step}, picked after the run", args.ship_step,
                np.asarray(snap["returns"]), cmd=f"{train_cmd} && {ship_cmd}")
         return
 
