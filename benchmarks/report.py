@@ -107,8 +107,9 @@ def plot(cells, algos, envs, path: Path) -> None:
             steps = sorted(set.intersection(*(set(s for s, _ in curve) for curve in seeds.values())))
             values = np.array([[dict(curve)[s] for s in steps] for curve in seeds.values()])
             mean, std = values.mean(0), values.std(0)
-            ax.plot(steps, mean, label=f"{algo} ({len(seeds)})")
-            ax.fill_between(steps, mean - std, mean + std, alpha=0.2)
+            color = f"C{algos.index(algo)}"  # one colour per algorithm in every panel
+            ax.plot(steps, mean, label=f"{algo} ({len(seeds)})", color=color)
+            ax.fill_between(steps, mean - std, mean + std, alpha=0.2, color=color)
         ax.set_title(env)
         ax.set_xlabel("gradient steps")
         ax.set_ylabel("normalised score")
