@@ -8,30 +8,16 @@ import gymnasium as gym
 import numpy as np
 
 
-def pendulum_episodes(num_episodes: int, seed: int, policy: str = "random", max_steps: int = 200):
-    """Pendulum-v1 episodes. policy 'energy' is a scripted swing-up-and-balance controller (about -130 per
-    200-step episode against about -1200 for random), so offline learners have something to imitate and improve towards."""
+def record_episodes(env, num_episodes: int, seed: int, choose_action):
+    """Run `choose_action(obs)` for whole episodes and return them as Minari EpisodeBuffers."""
     from minari.data_collector import EpisodeBuffer
 
-    env = gym.make("Pendulum-v1", max_episode_steps=max_steps)
-    env.action_space.seed(seed)
-    rng = np.random.default_rng(seed)
     buffers = []
     for ep in range(num_episodes):
         obs, _ = env.reset(seed=seed + ep)
         observations, actions, rewards, terms, truncs = [obs], [], [], [], []
         while True:
-            if policy == "random":
-                action = env.action_space.sample()
-            else:
-                cos, sin, vel = obs
-                theta = np.arctan2(sin, cos)
-                if cos > 0.85:  # near upright: PD balance
-                    u = -12.0 * theta - 2.5 * vel
-                else:  # energy pumping: push along the velocity while energy is below the upright level
-                    energy = 0.5 * vel**2 + 15.0 * (cos - 1.0)
-                    u = 2.0 * np.sign(-vel * energy) if abs(vel) > 1e-2 else 2.0
-                action = np.clip(np.array([u]) + 0.3 * rng.standard_normal(1), -2.0, 2.0).astype(np.float32)
+            action = choose_action(obs)
             obs, reward, terminated, truncated, _ = env.step(action)
             observations.append(obs)
             actions.append(action)
@@ -45,6 +31,27 @@ def pendulum_episodes(num_episodes: int, seed: int, policy: str = "random", max_
                                      truncations=np.array(truncs)))
     env.close()
     return buffers
+
+
+def pendulum_episodes(num_episodes: int, seed: int, policy: str = "random", max_steps: int = 200):
+    """Pendulum-v1 episodes. policy 'energy' is a scripted swing-up-and-balance controller (about -130 per
+    200-step episode against about -1200 for random)."""
+    env = gym.make("Pendulum-v1", max_episode_steps=max_steps)
+    env.action_space.seed(seed)
+    rng = np.random.default_rng(seed)
+
+    def energy_controller(obs):
+        cos, sin, vel = obs
+        theta = np.arctan2(sin, cos)
+        if cos > 0.85:  # near upright: PD balance
+            u = -12.0 * theta - 2.5 * vel
+        else:  # energy pumping: push along the velocity while energy is below the upright level
+            energy = 0.5 * vel**2 + 15.0 * (cos - 1.0)
+            u = 2.0 * np.sign(-vel * energy) if abs(vel) > 1e-2 else 2.0
+        return np.clip(np.array([u]) + 0.3 * rng.standard_normal(1), -2.0, 2.0).astype(np.float32)
+
+    choose = (lambda obs: env.action_space.sample()) if policy == "random" else energy_controller
+    return record_episodes(env, num_episodes, seed, choose)
 
 
 def build(dataset_id: str, buffers, env="Pendulum-v1", ref_min=-1400.0, ref_max=-150.0, **kwargs):
@@ -61,25 +68,6 @@ def build(dataset_id: str, buffers, env="Pendulum-v1", ref_min=-1400.0, ref_max=
 
 def cartpole_episodes(num_episodes: int, seed: int):
     """Discrete-action episodes: the scripts must reject these with a clear message."""
-    from minari.data_collector import EpisodeBuffer
-
     env = gym.make("CartPole-v1")
     env.action_space.seed(seed)
-    buffers = []
-    for ep in range(num_episodes):
-        obs, _ = env.reset(seed=seed + ep)
-        observations, actions, rewards, terms, truncs = [obs], [], [], [], []
-        done = False
-        while not done:
-            action = env.action_space.sample()
-            obs, reward, terminated, truncated, _ = env.step(action)
-            observations += [obs]
-            actions += [action]
-            rewards += [reward]
-            terms += [terminated]
-            truncs += [truncated]
-            done = terminated or truncated
-        buffers.append(EpisodeBuffer(observations=np.array(observations), actions=np.array(actions),
-                                     rewards=np.array(rewards), terminations=np.array(terms),
-                                     truncations=np.array(truncs)))
-    return buffers
+    return record_episodes(env, num_episodes, seed, lambda obs: env.action_space.sample())

@@ -3,27 +3,18 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import math
-import sys
 
 import pytest
 import torch
-from conftest import ROOT, assert_clean_error, run_script
+from conftest import ROOT, assert_clean_error, load_script, run_script
 
 SCRIPTS = ["baselines/td3_bc_continuous.py", "baselines/iql_continuous.py", "baselines/cql_continuous.py"]
 TINY = ["--batch-size", "32", "--hidden-dim", "32", "--eval-episodes", "2", "--log-freq", "5"]
 
 
-def load(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "baselines" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up here
-    spec.loader.exec_module(module)
-    return module
-
-
-td3_bc, iql, cql = load("td3_bc_continuous"), load("iql_continuous"), load("cql_continuous")
+td3_bc, iql, cql = (load_script(ROOT / "baselines" / f"{name}.py")
+                    for name in ("td3_bc_continuous", "iql_continuous", "cql_continuous"))
 
 
 def test_expectile_loss_is_asymmetric():

@@ -3,27 +3,18 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import subprocess
 import sys
 
 import numpy as np
 import pytest
-from conftest import ROOT
+from conftest import ROOT, load_script
 
 FAKE = str(ROOT / "tests" / "fake_algo.py")
 
 
-def load(path):
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[path.stem] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-benchmark = load(ROOT / "benchmark.py")
-report = load(ROOT / "benchmarks" / "report.py")
+benchmark = load_script(ROOT / "benchmark.py")
+report = load_script(ROOT / "benchmarks" / "report.py")
 
 
 def test_grid_expansion_and_deterministic_names():

@@ -4,14 +4,12 @@ Compilation takes a minute or two per algorithm on 2 cores; these are the slowes
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 
 import numpy as np
 import pytest
 import torch
 import torch._inductor.config as inductor_config
-from conftest import ROOT
+from conftest import ROOT, load_script
 
 CASES = {
     "misa_continuous": ("misa_continuous.py", "MISA", dict(num_mc_samples=4, mcmc_burnin=2)),
@@ -21,19 +19,11 @@ CASES = {
 }
 
 
-def load(name: str, path: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize("name", list(CASES))
 def test_compiled_update_matches_eager(name, monkeypatch):
     monkeypatch.setattr(inductor_config, "fallback_random", True)  # compiled code draws the same random numbers
     path, cls_name, overrides = CASES[name]
-    module = load(name, path)
+    module = load_script(ROOT / path)
     args = module.Args(hidden_dim=32, batch_size=16, **overrides)
 
     def make_agent():

@@ -114,6 +114,9 @@ def collect(env_id: str, policy: Actor, num_steps: int, seed: int, num_envs: int
     Returns EpisodeBuffers in the order the episodes finished; episodes still running at the end are truncated."""
     from minari.data_collector import EpisodeBuffer
 
+    def new_episode(first_obs):
+        return {"obs": [first_obs], "act": [], "rew": [], "term": [], "trunc": []}
+
     torch.manual_seed(seed)
     envs = [gym.make(env_id) for _ in range(num_envs)]
     next_episode = 0
@@ -123,7 +126,7 @@ def collect(env_id: str, policy: Actor, num_steps: int, seed: int, num_envs: int
         o, _ = env.reset(seed=seed * 1_000_000 + next_episode)
         next_episode += 1
         obs.append(o)
-        current.append({"obs": [o], "act": [], "rew": [], "term": [], "trunc": []})
+        current.append(new_episode(o))
     episodes, steps = [], 0
     bar = tqdm(total=num_steps, desc=desc, unit="step", mininterval=2.0, smoothing=0.1)
 
@@ -150,7 +153,7 @@ def collect(env_id: str, policy: Actor, num_steps: int, seed: int, num_envs: int
                 close(ep)
                 o, _ = env.reset(seed=seed * 1_000_000 + next_episode)
                 next_episode += 1
-                current[i] = {"obs": [o], "act": [], "rew": [], "term": [], "trunc": []}
+                current[i] = new_episode(o)
             obs[i] = o
         bar.update(min(len(envs), bar.total - bar.n))
     bar.close()
