@@ -72,8 +72,11 @@ class Args:
     """name of the run directory under runs/ (default <env-id>__<exp-name>__<seed>__<unix time>)"""
     compile: bool = False
     """wrap the update in torch.compile (eager runs are unaffected; expect minutes of compilation first)"""
-    compile_mode: Literal["auto", "default", "reduce-overhead", "max-autotune"] = "auto"
-    """torch.compile mode; auto is reduce-overhead (CUDA-graph capture) on CUDA and default on the CPU"""
+    compile_mode: Literal["default", "max-autotune-no-cudagraphs"] = "default"
+    """torch.compile mode (CUDA graphs come from --cuda-graphs, which captures more than torch.compile would)"""
+    cuda_graphs: Literal["auto", "on", "off"] = "auto"
+    """capture the whole training step (minibatch sampling, losses, gradients, optimiser and target updates) in a
+    CUDA graph and replay it, which removes the per-kernel launch cost; auto: on with --compile on CUDA. CUDA only"""
 
     env_id: str = "walker2d-medium"
     """a Minari dataset id (e.g. mujoco/walker2d/medium-v0) or a short D4RL-style name (e.g. hopper-medium-replay)"""
@@ -338,6 +341,28 @@ class TwinCritic(nn.Module):
         x = torch.cat([obs, act], -1).reshape(-1, obs.shape[-1] + act.shape[-1])
         return self.net(x).reshape(2, *lead)
 
+    def min_q_and_action_grad(self, obs: torch.Tensor, act: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """min_i Q_i(s, a) (B,) and its gradient in a (B, act_dim), backpropagated by hand: the HMC chain calls this
+        111 times per step, and a plain tensor function has no autograd overhead and can be fused by torch.compile.
+        The gradient flows through the critic that attains the min, as autograd's would. Call under no_grad."""
+        weights, biases = list(self.net.weights), list(self.net.biases)
+        h, pre_activations = torch.cat([obs, act], -1), []
+        for i, (w, b) in enumerate(zip(weights, biases)):
+            z = torch.matmul(h, w) + b if h.dim() == 2 else torch.baddbmm(b, h, w)
+            if i < len(weights) - 1:
+                pre_activations.append(z)
+                h = F.elu(z)
+        q_min, argmin = z.squeeze(-1).min(0)  # (B,)
+        grad = (argmin == torch.arange(2, device=z.device)[:, None]).to(z.dtype).unsqueeze(-1)  # dq_min/dQ_i (2, B, 1)
+        # A deliberate graph break under --compile. Without it torch.compile traces the whole 55-transition chain into
+        # one graph, which had not finished compiling after 2 minutes on an H100 machine; with it, compilation took
+        # 45 s there (docs/performance.md).
+        torch._dynamo.graph_break()
+        for w, z in zip(reversed(weights[1:]), reversed(pre_activations)):
+            grad = torch.bmm(grad, w.transpose(1, 2)) * torch.where(z > 0, 1.0, torch.exp(z.clamp(max=0.0)))  # ELU'
+        grad = torch.bmm(grad, weights[0][:, obs.shape[-1]:].transpose(1, 2))  # only the action rows of layer 1
+        return q_min, grad.sum(0)
+
 
 class Actor(nn.Module):
     """Tanh-squashed Gaussian: MLP(s) -> (mean, raw); log_std = clip(m * raw + c) with trainable scalars m, c."""
@@ -395,7 +420,7 @@ def hmc_sample(
     The step size is one scalar for all chains; on the first 80% of burn-in it is multiplied by 1.01 when the
     batch-mean acceptance probability exceeds 0.75 and divided by 1.01 otherwise. A non-finite log acceptance ratio
     (a proposal outside the density's support) is a rejection."""
-    eps = torch.tensor(step_size, device=init.device)
+    eps = torch.full((), float(step_size), device=init.device)  # a fill, not a host copy: CUDA-graph capturable
     adapt_steps = int(0.8 * burnin)
     position = init
     log_p, grad = log_density_and_grad(position)
@@ -458,6 +483,17 @@ def partition_state_weights(q_pi_min: torch.Tensor, bound: str, f_cap: float) ->
 
 
 # ----------------------------------------------------------------------------------------------------------------------
+@torch.compiler.disable  # eager under --compile too: fused optimisers are one kernel each, and CUDA graphs capture them
+def step_all(groups: list[tuple[torch.Tensor, list[torch.Tensor], torch.optim.Optimizer]]) -> None:
+    """Each (loss, params, optimiser): all gradients are taken first, from the same pre-update parameters, then every
+    optimiser steps."""
+    grads = [torch.autograd.grad(loss, params, retain_graph=True) for loss, params, _ in groups]
+    for (_, params, opt), group_grads in zip(groups, grads):
+        for p, g in zip(params, group_grads):  # a compiled backward may return another memory layout than the
+            p.grad = g if g.stride() == p.stride() else torch.empty_like(p).copy_(g)  # param's; fused Adam needs it
+        opt.step()
+
+
 class MISA:
     """Networks, optimisers and the update. `update(batch)` returns a dict of detached 0-dim tensors."""
 
@@ -473,23 +509,21 @@ class MISA:
         self.log_alpha = nn.Parameter(torch.zeros((), device=device))
         self.log_alpha_prime = nn.Parameter(torch.zeros((), device=device))
         self.target_entropy = -float(act_dim)
-        adam = dict(betas=(0.9, 0.999), eps=1e-8)
+        on_cuda = device.type == "cuda"  # fused, capturable optimisers: see match_device_flags
+        adam = dict(betas=(0.9, 0.999), eps=1e-8, capturable=on_cuda, fused=on_cuda or None)
         self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=args.policy_lr, **adam)
         self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=args.q_lr, **adam)
         self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=args.alpha_lr, **adam)
         self.alpha_prime_opt = torch.optim.Adam([self.log_alpha_prime], lr=args.q_lr, **adam)
 
     def hmc_target(self, obs: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor):
-        """f(a) = log pi(a|s) + min_i Q_i(s, a) and its gradient in a. The actor part is closed-form; only the critics
-        are differentiated, and with respect to the action alone."""
+        """f(a) = log pi(a|s) + min_i Q_i(s, a) and its gradient in a, both in closed form (the actor's log-density
+        gradient and the critics' hand-written backward pass to the action): no autograd inside the chain."""
 
+        @torch.no_grad()
         def log_density_and_grad(action: torch.Tensor):
-            with torch.enable_grad():
-                action = action.detach().requires_grad_(True)
-                q_min = self.critic(obs, action).min(0).values
-                (q_grad,) = torch.autograd.grad(q_min.sum(), action)
-            log_pi = action_log_prob(action.detach(), mean, log_std)
-            return log_pi + q_min.detach(), action_log_prob_grad(action.detach(), mean, log_std) + q_grad
+            q_min, q_grad = self.critic.min_q_and_action_grad(obs, action)
+            return action_log_prob(action, mean, log_std) + q_min, action_log_prob_grad(action, mean, log_std) + q_grad
 
         return log_density_and_grad
 
@@ -543,11 +577,7 @@ class MISA:
         ]
         if args.lagrange:
             groups.append((alpha_prime_loss, [self.log_alpha_prime], self.alpha_prime_opt))
-        grads = [torch.autograd.grad(loss, params, retain_graph=True) for loss, params, _ in groups]
-        for (_, params, opt), group_grads in zip(groups, grads):
-            for p, g in zip(params, group_grads):
-                p.grad = g
-            opt.step()
+        step_all(groups)
         with torch.no_grad():
             for target, online in zip(self.critic_target.parameters(), self.critic.parameters()):
                 target.lerp_(online, args.tau)
@@ -585,9 +615,70 @@ class MISA:
     def load_state_dict(self, state: dict) -> None:
         for name in ("actor", "critic", "critic_target", "actor_opt", "critic_opt", "alpha_opt", "alpha_prime_opt"):
             getattr(self, name).load_state_dict(state[name])
+        for opt in (self.actor_opt, self.critic_opt, self.alpha_opt, self.alpha_prime_opt):
+            match_device_flags(opt, self.device.type == "cuda")
         with torch.no_grad():
             self.log_alpha.copy_(state["log_alpha"])
             self.log_alpha_prime.copy_(state["log_alpha_prime"])
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Compiled and graph-captured training steps (--compile, --cuda-graphs)
+def use_cuda_graphs(args: Args, device: torch.device) -> bool:
+    return device.type == "cuda" and (args.cuda_graphs == "on" or (args.cuda_graphs == "auto" and args.compile))
+
+
+def match_device_flags(opt: torch.optim.Optimizer, on_cuda: bool) -> None:
+    """A loaded optimiser state carries the saving run's `capturable` and `fused` flags; set this device's. On CUDA
+    the optimisers are fused (one kernel per step) and capturable (the step counters stay on the GPU, so no step syncs
+    with the host and a CUDA graph can advance them): the same arithmetic as the default implementation."""
+    for group in opt.param_groups:
+        group["capturable"], group["fused"] = on_cuda, (True if on_cuda else None)
+        for p in group["params"]:
+            state = opt.state.get(p, {})
+            if "step" in state:
+                state["step"] = state["step"].to(p.device if on_cuda else "cpu", torch.float32)
+
+
+class CUDAGraphStep:
+    """Replays a training step from CUDA graphs, one graph per distinct tuple of the step's Python arguments.
+    The first `warmup` calls of each run eagerly on a side stream: they are real updates, and they let autograd,
+    cuBLAS and the optimisers allocate their state. The next call captures the graph and replays it. A replay reads
+    and writes the very tensors the eager step used (parameters, optimiser states, the dataset), so none of them may
+    be reallocated; the returned metrics are overwritten by the next replay."""
+
+    def __init__(self, step_fn: Callable[..., dict], warmup: int = 3):
+        self.step_fn, self.warmup = step_fn, warmup
+        self.graphs, self.outputs, self.eager_calls = {}, {}, {}
+        self.side_stream = torch.cuda.Stream()
+
+    def __call__(self, *key) -> dict[str, torch.Tensor]:
+        if key in self.graphs:
+            self.graphs[key].replay()
+            return self.outputs[key]
+        if self.eager_calls.get(key, 0) < self.warmup:
+            self.eager_calls[key] = self.eager_calls.get(key, 0) + 1
+            self.side_stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(self.side_stream):
+                out = self.step_fn(*key)
+            torch.cuda.current_stream().wait_stream(self.side_stream)
+            return out
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):  # records the kernels without running them
+            self.outputs[key] = self.step_fn(*key)
+        self.graphs[key] = graph
+        graph.replay()
+        return self.outputs[key]
+
+
+def make_train_step(agent, args: Args, device: torch.device, sample_batch: Callable[[], tuple]) -> Callable[..., dict]:
+    """One gradient step, `sample_batch()` then `agent.update`, compiled and/or graph-captured as the flags ask."""
+    update = torch.compile(agent.update, mode=args.compile_mode) if args.compile else agent.update
+
+    def train_step(*phase) -> dict[str, torch.Tensor]:
+        return update(*sample_batch(), *phase)
+
+    return CUDAGraphStep(train_step) if use_cuda_graphs(args, device) else train_step
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -657,6 +748,9 @@ def main(args: Args) -> None:
     torch.manual_seed(args.seed)
     torch.backends.cudnn.deterministic = args.torch_deterministic
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    if args.cuda_graphs == "on" and device.type != "cuda":
+        fail("--cuda-graphs on needs a CUDA device (none is available, or --no-cuda was given); "
+             "use --cuda-graphs auto or off")
 
     dataset = load_dataset(args.env_id)
     data = dataset_to_transitions(dataset, dataset.spec.dataset_id, args.action_clip)
@@ -725,15 +819,15 @@ def main(args: Args) -> None:
             sys.exit(1)
 
     bar = tqdm(total=args.total_timesteps, initial=step, desc="MISA", unit="step", dynamic_ncols=True, mininterval=1.0)
-    update = agent.update
-    if args.compile:
-        mode = args.compile_mode if args.compile_mode != "auto" else ("reduce-overhead" if device.type == "cuda" else "default")
-        update = torch.compile(agent.update, mode=mode)
+    def sample_batch() -> tuple[torch.Tensor, ...]:  # drawn on the device: no host round trip
+        idx = torch.randint(num_transitions, (args.batch_size,), device=device)
+        return tuple(buffer[k][idx] for k in ("obs", "actions", "rewards", "next_obs", "dones"))
+
+    train_step = make_train_step(agent, args, device, sample_batch)
     start_time, start_step = time.time(), step
     try:
         while step < args.total_timesteps:
-            idx = torch.randint(num_transitions, (args.batch_size,), device=device)
-            metrics = update(*(buffer[k][idx] for k in ("obs", "actions", "rewards", "next_obs", "dones")))
+            metrics = train_step()
             losses = torch.stack([metrics[f"losses/{n}"] for n in MISA.LOSS_NAMES])
             finite = torch.isfinite(losses)
             newly_bad = (first_bad_step < 0) & ~finite.all()

@@ -69,8 +69,11 @@ class Args:
     """name of the run directory under runs/ (default <env-id>__<exp-name>__<seed>__<unix time>)"""
     compile: bool = False
     """wrap the update in torch.compile (eager runs are unaffected; expect minutes of compilation first)"""
-    compile_mode: Literal["auto", "default", "reduce-overhead", "max-autotune"] = "auto"
-    """torch.compile mode; auto is reduce-overhead (CUDA-graph capture) on CUDA and default on the CPU"""
+    compile_mode: Literal["default", "max-autotune-no-cudagraphs"] = "default"
+    """torch.compile mode (CUDA graphs come from --cuda-graphs, which captures more than torch.compile would)"""
+    cuda_graphs: Literal["auto", "on", "off"] = "auto"
+    """capture the whole training step (minibatch sampling, losses, gradients, optimiser and target updates) in a
+    CUDA graph and replay it, which removes the per-kernel launch cost; auto: on with --compile on CUDA. CUDA only"""
 
     env_id: str = "walker2d-medium"
     """a Minari dataset id (e.g. mujoco/walker2d/medium-v0) or a short D4RL-style name (e.g. hopper-medium-replay)"""
@@ -353,6 +356,17 @@ def cql_penalty(q_rand, q_pi, log_pi, q_next_pi, log_next_pi, q_data, act_dim: i
     return (temperature * torch.logsumexp(cat / temperature, dim=1) - q_data).mean(-1)
 
 
+@torch.compiler.disable  # eager under --compile too: fused optimisers are one kernel each, and CUDA graphs capture them
+def step_all(groups: list[tuple[torch.Tensor, list[torch.Tensor], torch.optim.Optimizer]]) -> None:
+    """Each (loss, params, optimiser): all gradients are taken first, from the same pre-update parameters, then every
+    optimiser steps."""
+    grads = [torch.autograd.grad(loss, params, retain_graph=True) for loss, params, _ in groups]
+    for (_, params, opt), group_grads in zip(groups, grads):
+        for p, g in zip(params, group_grads):  # a compiled backward may return another memory layout than the
+            p.grad = g if g.stride() == p.stride() else torch.empty_like(p).copy_(g)  # param's; fused Adam needs it
+        opt.step()
+
+
 class CQL:
     """Networks, optimisers and the update. `update(batch)` returns a dict of detached 0-dim tensors."""
 
@@ -369,10 +383,12 @@ class CQL:
         self.log_alpha = nn.Parameter(torch.zeros((), device=device))
         self.log_alpha_prime = nn.Parameter(torch.zeros((), device=device))
         self.target_entropy = -float(act_dim)
-        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=args.policy_lr)
-        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=args.q_lr)
-        self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=args.alpha_lr)
-        self.alpha_prime_opt = torch.optim.Adam([self.log_alpha_prime], lr=args.q_lr)
+        on_cuda = device.type == "cuda"
+        cuda_flags = dict(capturable=on_cuda, fused=on_cuda or None)  # see match_device_flags
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=args.policy_lr, **cuda_flags)
+        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=args.q_lr, **cuda_flags)
+        self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=args.alpha_lr, **cuda_flags)
+        self.alpha_prime_opt = torch.optim.Adam([self.log_alpha_prime], lr=args.q_lr, **cuda_flags)
         self.obs_mean = torch.as_tensor(obs_mean, device=device)
         self.obs_std = torch.as_tensor(obs_std, device=device)
 
@@ -412,11 +428,7 @@ class CQL:
                   (alpha_loss, [self.log_alpha], self.alpha_opt)]
         if args.cql_lagrange:
             groups.append((alpha_prime_loss, [self.log_alpha_prime], self.alpha_prime_opt))
-        grads = [torch.autograd.grad(loss, params, retain_graph=True) for loss, params, _ in groups]
-        for (_, params, opt), group_grads in zip(groups, grads):
-            for p, g in zip(params, group_grads):
-                p.grad = g
-            opt.step()
+        step_all(groups)
         with torch.no_grad():
             for tp, p in zip(self.critic_target.parameters(), self.critic.parameters()):
                 tp.lerp_(p, args.tau)
@@ -442,11 +454,72 @@ class CQL:
     def load_state_dict(self, state: dict) -> None:
         for name in ("actor", "critic", "critic_target", "actor_opt", "critic_opt", "alpha_opt", "alpha_prime_opt"):
             getattr(self, name).load_state_dict(state[name])
+        for opt in (self.actor_opt, self.critic_opt, self.alpha_opt, self.alpha_prime_opt):
+            match_device_flags(opt, self.device.type == "cuda")
         with torch.no_grad():
             self.log_alpha.copy_(state["log_alpha"])
             self.log_alpha_prime.copy_(state["log_alpha_prime"])
         self.obs_mean = state["obs_mean"].to(self.device)
         self.obs_std = state["obs_std"].to(self.device)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Compiled and graph-captured training steps (--compile, --cuda-graphs)
+def use_cuda_graphs(args: Args, device: torch.device) -> bool:
+    return device.type == "cuda" and (args.cuda_graphs == "on" or (args.cuda_graphs == "auto" and args.compile))
+
+
+def match_device_flags(opt: torch.optim.Optimizer, on_cuda: bool) -> None:
+    """A loaded optimiser state carries the saving run's `capturable` and `fused` flags; set this device's. On CUDA
+    the optimisers are fused (one kernel per step) and capturable (the step counters stay on the GPU, so no step syncs
+    with the host and a CUDA graph can advance them): the same arithmetic as the default implementation."""
+    for group in opt.param_groups:
+        group["capturable"], group["fused"] = on_cuda, (True if on_cuda else None)
+        for p in group["params"]:
+            state = opt.state.get(p, {})
+            if "step" in state:
+                state["step"] = state["step"].to(p.device if on_cuda else "cpu", torch.float32)
+
+
+class CUDAGraphStep:
+    """Replays a training step from CUDA graphs, one graph per distinct tuple of the step's Python arguments.
+    The first `warmup` calls of each run eagerly on a side stream: they are real updates, and they let autograd,
+    cuBLAS and the optimisers allocate their state. The next call captures the graph and replays it. A replay reads
+    and writes the very tensors the eager step used (parameters, optimiser states, the dataset), so none of them may
+    be reallocated; the returned metrics are overwritten by the next replay."""
+
+    def __init__(self, step_fn: Callable[..., dict], warmup: int = 3):
+        self.step_fn, self.warmup = step_fn, warmup
+        self.graphs, self.outputs, self.eager_calls = {}, {}, {}
+        self.side_stream = torch.cuda.Stream()
+
+    def __call__(self, *key) -> dict[str, torch.Tensor]:
+        if key in self.graphs:
+            self.graphs[key].replay()
+            return self.outputs[key]
+        if self.eager_calls.get(key, 0) < self.warmup:
+            self.eager_calls[key] = self.eager_calls.get(key, 0) + 1
+            self.side_stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(self.side_stream):
+                out = self.step_fn(*key)
+            torch.cuda.current_stream().wait_stream(self.side_stream)
+            return out
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):  # records the kernels without running them
+            self.outputs[key] = self.step_fn(*key)
+        self.graphs[key] = graph
+        graph.replay()
+        return self.outputs[key]
+
+
+def make_train_step(agent, args: Args, device: torch.device, sample_batch: Callable[[], tuple]) -> Callable[..., dict]:
+    """One gradient step, `sample_batch()` then `agent.update`, compiled and/or graph-captured as the flags ask."""
+    update = torch.compile(agent.update, mode=args.compile_mode) if args.compile else agent.update
+
+    def train_step(*phase) -> dict[str, torch.Tensor]:
+        return update(*sample_batch(), *phase)
+
+    return CUDAGraphStep(train_step) if use_cuda_graphs(args, device) else train_step
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -517,6 +590,9 @@ def main(args: Args) -> None:
     torch.manual_seed(args.seed)
     torch.backends.cudnn.deterministic = args.torch_deterministic
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    if args.cuda_graphs == "on" and device.type != "cuda":
+        fail("--cuda-graphs on needs a CUDA device (none is available, or --no-cuda was given); "
+             "use --cuda-graphs auto or off")
 
     dataset = load_dataset(args.env_id)
     data = dataset_to_transitions(dataset, dataset.spec.dataset_id, args.action_clip)
@@ -595,15 +671,15 @@ def main(args: Args) -> None:
             sys.exit(1)
 
     bar = tqdm(total=args.total_timesteps, initial=step, desc=ALGO, unit="step", dynamic_ncols=True, mininterval=1.0)
-    update = agent.update
-    if args.compile:
-        mode = args.compile_mode if args.compile_mode != "auto" else ("reduce-overhead" if device.type == "cuda" else "default")
-        update = torch.compile(agent.update, mode=mode)
+    def sample_batch() -> tuple[torch.Tensor, ...]:  # drawn on the device: no host round trip
+        idx = torch.randint(num_transitions, (args.batch_size,), device=device)
+        return tuple(buffer[k][idx] for k in ("obs", "actions", "rewards", "next_obs", "dones"))
+
+    train_step = make_train_step(agent, args, device, sample_batch)
     start_time, start_step = time.time(), step
     try:
         while step < args.total_timesteps:
-            idx = torch.randint(num_transitions, (args.batch_size,), device=device)
-            metrics = update(*(buffer[k][idx] for k in ("obs", "actions", "rewards", "next_obs", "dones")))
+            metrics = train_step()
             losses = torch.stack([metrics[f"losses/{n}"] for n in CQL.LOSS_NAMES])
             finite = torch.isfinite(losses)
             newly_bad = (first_bad_step < 0) & ~finite.all()

@@ -62,8 +62,11 @@ class Args:
     """name of the run directory under runs/ (default <env-id>__<exp-name>__<seed>__<unix time>)"""
     compile: bool = False
     """wrap the update in torch.compile (eager runs are unaffected; expect minutes of compilation first)"""
-    compile_mode: Literal["auto", "default", "reduce-overhead", "max-autotune"] = "auto"
-    """torch.compile mode; auto is reduce-overhead (CUDA-graph capture) on CUDA and default on the CPU"""
+    compile_mode: Literal["default", "max-autotune-no-cudagraphs"] = "default"
+    """torch.compile mode (CUDA graphs come from --cuda-graphs, which captures more than torch.compile would)"""
+    cuda_graphs: Literal["auto", "on", "off"] = "auto"
+    """capture the whole training step (minibatch sampling, losses, gradients, optimiser and target updates) in a
+    CUDA graph and replay it, which removes the per-kernel launch cost; auto: on with --compile on CUDA. CUDA only"""
 
     env_id: str = "walker2d-medium"
     """a Minari dataset id (e.g. mujoco/walker2d/medium-v0) or a short D4RL-style name (e.g. hopper-medium-replay)"""
@@ -332,16 +335,19 @@ class TD3BC:
         self.critic_target.load_state_dict(self.critic.state_dict())
         self.actor_target.requires_grad_(False)
         self.critic_target.requires_grad_(False)
-        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=args.actor_lr)
-        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=args.critic_lr)
+        on_cuda = device.type == "cuda"
+        cuda_flags = dict(capturable=on_cuda, fused=on_cuda or None)  # see match_device_flags
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=args.actor_lr, **cuda_flags)
+        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=args.critic_lr, **cuda_flags)
         self.obs_mean = torch.as_tensor(obs_mean, device=device)
         self.obs_std = torch.as_tensor(obs_std, device=device)
-        self.num_updates = 0
+        # the actor's last metrics, overwritten in place on actor steps and reported on the critic-only steps too
         self.last_actor_metrics = {k: torch.zeros((), device=device) for k in ("losses/actor_loss", "losses/lambda")}
 
-    def update(self, obs, actions, rewards, next_obs, dones) -> dict[str, torch.Tensor]:
+    def update(self, obs, actions, rewards, next_obs, dones, update_actor: bool = True) -> dict[str, torch.Tensor]:
+        """`update_actor`: whether this is a delayed actor step (every --policy-freq-th update; the caller counts, so
+        that the update keeps no Python state and each of the two kinds of step can be captured as a CUDA graph)."""
         args = self.args
-        self.num_updates += 1
         with torch.no_grad():  # target policy smoothing
             noise = (torch.randn_like(actions) * args.policy_noise).clamp(-args.noise_clip, args.noise_clip)
             next_actions = (self.actor_target(next_obs) + noise).clamp(-1.0, 1.0)
@@ -353,7 +359,7 @@ class TD3BC:
         critic_loss.backward()
         self.critic_opt.step()
 
-        if self.num_updates % args.policy_freq == 0:  # delayed actor and target updates (a Python int: no sync)
+        if update_actor:  # delayed actor and target updates
             pi = self.actor(obs)
             actor_loss, lmbda = td3_bc_actor_loss(self.critic(obs, pi)[0], pi, actions, args.alpha)
             self.actor_opt.zero_grad(set_to_none=True)
@@ -363,7 +369,8 @@ class TD3BC:
                 for target, online in ((self.actor_target, self.actor), (self.critic_target, self.critic)):
                     for tp, p in zip(target.parameters(), online.parameters()):
                         tp.lerp_(p, args.tau)
-            self.last_actor_metrics = {"losses/actor_loss": actor_loss.detach(), "losses/lambda": lmbda}
+            self.last_actor_metrics["losses/actor_loss"].copy_(actor_loss.detach())
+            self.last_actor_metrics["losses/lambda"].copy_(lmbda)
         return {"losses/critic_loss": critic_loss.detach(), "losses/q_data": q.detach().mean(),
                 **self.last_actor_metrics}
 
@@ -375,14 +382,74 @@ class TD3BC:
         return {"actor": self.actor.state_dict(), "actor_target": self.actor_target.state_dict(),
                 "critic": self.critic.state_dict(), "critic_target": self.critic_target.state_dict(),
                 "actor_opt": self.actor_opt.state_dict(), "critic_opt": self.critic_opt.state_dict(),
-                "obs_mean": self.obs_mean.cpu(), "obs_std": self.obs_std.cpu(), "num_updates": self.num_updates}
+                "obs_mean": self.obs_mean.cpu(), "obs_std": self.obs_std.cpu()}
 
     def load_state_dict(self, state: dict) -> None:
         for name in ("actor", "actor_target", "critic", "critic_target", "actor_opt", "critic_opt"):
             getattr(self, name).load_state_dict(state[name])
         self.obs_mean = state["obs_mean"].to(self.device)
         self.obs_std = state["obs_std"].to(self.device)
-        self.num_updates = state["num_updates"]
+        for opt in (self.actor_opt, self.critic_opt):
+            match_device_flags(opt, self.device.type == "cuda")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Compiled and graph-captured training steps (--compile, --cuda-graphs)
+def use_cuda_graphs(args: Args, device: torch.device) -> bool:
+    return device.type == "cuda" and (args.cuda_graphs == "on" or (args.cuda_graphs == "auto" and args.compile))
+
+
+def match_device_flags(opt: torch.optim.Optimizer, on_cuda: bool) -> None:
+    """A loaded optimiser state carries the saving run's `capturable` and `fused` flags; set this device's. On CUDA
+    the optimisers are fused (one kernel per step) and capturable (the step counters stay on the GPU, so no step syncs
+    with the host and a CUDA graph can advance them): the same arithmetic as the default implementation."""
+    for group in opt.param_groups:
+        group["capturable"], group["fused"] = on_cuda, (True if on_cuda else None)
+        for p in group["params"]:
+            state = opt.state.get(p, {})
+            if "step" in state:
+                state["step"] = state["step"].to(p.device if on_cuda else "cpu", torch.float32)
+
+
+class CUDAGraphStep:
+    """Replays a training step from CUDA graphs, one graph per distinct tuple of the step's Python arguments.
+    The first `warmup` calls of each run eagerly on a side stream: they are real updates, and they let autograd,
+    cuBLAS and the optimisers allocate their state. The next call captures the graph and replays it. A replay reads
+    and writes the very tensors the eager step used (parameters, optimiser states, the dataset), so none of them may
+    be reallocated; the returned metrics are overwritten by the next replay."""
+
+    def __init__(self, step_fn: Callable[..., dict], warmup: int = 3):
+        self.step_fn, self.warmup = step_fn, warmup
+        self.graphs, self.outputs, self.eager_calls = {}, {}, {}
+        self.side_stream = torch.cuda.Stream()
+
+    def __call__(self, *key) -> dict[str, torch.Tensor]:
+        if key in self.graphs:
+            self.graphs[key].replay()
+            return self.outputs[key]
+        if self.eager_calls.get(key, 0) < self.warmup:
+            self.eager_calls[key] = self.eager_calls.get(key, 0) + 1
+            self.side_stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(self.side_stream):
+                out = self.step_fn(*key)
+            torch.cuda.current_stream().wait_stream(self.side_stream)
+            return out
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):  # records the kernels without running them
+            self.outputs[key] = self.step_fn(*key)
+        self.graphs[key] = graph
+        graph.replay()
+        return self.outputs[key]
+
+
+def make_train_step(agent, args: Args, device: torch.device, sample_batch: Callable[[], tuple]) -> Callable[..., dict]:
+    """One gradient step, `sample_batch()` then `agent.update`, compiled and/or graph-captured as the flags ask."""
+    update = torch.compile(agent.update, mode=args.compile_mode) if args.compile else agent.update
+
+    def train_step(*phase) -> dict[str, torch.Tensor]:
+        return update(*sample_batch(), *phase)
+
+    return CUDAGraphStep(train_step) if use_cuda_graphs(args, device) else train_step
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -453,6 +520,9 @@ def main(args: Args) -> None:
     torch.manual_seed(args.seed)
     torch.backends.cudnn.deterministic = args.torch_deterministic
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    if args.cuda_graphs == "on" and device.type != "cuda":
+        fail("--cuda-graphs on needs a CUDA device (none is available, or --no-cuda was given); "
+             "use --cuda-graphs auto or off")
 
     dataset = load_dataset(args.env_id)
     data = dataset_to_transitions(dataset, dataset.spec.dataset_id, args.action_clip)
@@ -531,15 +601,15 @@ def main(args: Args) -> None:
             sys.exit(1)
 
     bar = tqdm(total=args.total_timesteps, initial=step, desc=ALGO, unit="step", dynamic_ncols=True, mininterval=1.0)
-    update = agent.update
-    if args.compile:
-        mode = args.compile_mode if args.compile_mode != "auto" else ("reduce-overhead" if device.type == "cuda" else "default")
-        update = torch.compile(agent.update, mode=mode)
+    def sample_batch() -> tuple[torch.Tensor, ...]:  # drawn on the device: no host round trip
+        idx = torch.randint(num_transitions, (args.batch_size,), device=device)
+        return tuple(buffer[k][idx] for k in ("obs", "actions", "rewards", "next_obs", "dones"))
+
+    train_step = make_train_step(agent, args, device, sample_batch)
     start_time, start_step = time.time(), step
     try:
         while step < args.total_timesteps:
-            idx = torch.randint(num_transitions, (args.batch_size,), device=device)
-            metrics = update(*(buffer[k][idx] for k in ("obs", "actions", "rewards", "next_obs", "dones")))
+            metrics = train_step((step + 1) % args.policy_freq == 0)
             losses = torch.stack([metrics[f"losses/{n}"] for n in TD3BC.LOSS_NAMES])
             finite = torch.isfinite(losses)
             newly_bad = (first_bad_step < 0) & ~finite.all()

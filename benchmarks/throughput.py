@@ -1,11 +1,15 @@
 """Time each algorithm's gradient update at its default configuration on synthetic locomotion-shaped data.
 
     python benchmarks/throughput.py                       # all four scripts, eager, on the device at hand
-    python benchmarks/throughput.py --algos misa --compile --out results.json
+    python benchmarks/throughput.py --algos misa --modes eager compile --out results.json
+    python benchmarks/throughput.py --modes eager cuda-graphs compile+cuda-graphs   # on a GPU
+    python benchmarks/throughput.py --algos misa --profile 20   # where the time goes (torch.profiler)
 
-Observations of size 17, actions of size 6, batch 256 (the scripts' default), random data; after --warmup updates,
-updates are timed until --seconds have passed (with a device sync at both ends, none in between). Prints a markdown
-table of updates per second with the device and torch version; --out also writes it as JSON.
+Observations of size 17, actions of size 6, batch 256 (the scripts' default), random data. Each mode builds the
+training step exactly as the script does (`make_train_step`: minibatch sampling from a device-resident dataset, then
+the update; compiled and/or captured in a CUDA graph). After --warmup steps, steps are timed until --seconds have
+passed (with a device sync at both ends, none in between). Prints a markdown table of updates per second with the
+device and torch version; --out also writes it as JSON.
 """
 
 from __future__ import annotations
@@ -36,10 +40,15 @@ SCRIPTS = {
 class Args:
     algos: list[Literal["misa", "cql", "td3_bc", "iql"]] = field(default_factory=lambda: list(SCRIPTS))
     """which scripts to time"""
-    compile: bool = False
-    """also time the update wrapped in torch.compile"""
-    warmup: int = 5
-    """untimed updates first (compilation happens here)"""
+    modes: list[Literal["eager", "compile", "cuda-graphs", "compile+cuda-graphs"]] = field(default_factory=lambda: ["eager"])
+    """how to run the step: as written, torch.compile'd (--compile), captured in a CUDA graph (--cuda-graphs on), or
+    both; the graph modes need CUDA and are skipped on the CPU"""
+    warmup: int = 10
+    """untimed steps first (compilation and graph capture happen here)"""
+    dataset_size: int = 100_000
+    """transitions in the synthetic device-resident dataset the steps sample from"""
+    profile: int = 0
+    """if > 0, also profile this many steps per configuration with torch.profiler and print the top operations"""
     seconds: float = 10.0
     """time each configuration for about this long"""
     obs_dim: int = 17
@@ -48,6 +57,8 @@ class Args:
     """action size of the synthetic data"""
     cuda: bool = True
     """use CUDA when it is available"""
+    tf32: bool = False
+    """allow TF32 matmuls on CUDA (a measurement of what lower matmul precision would buy; the scripts use full FP32)"""
     threads: Optional[int] = None
     """torch CPU threads (default: torch's choice)"""
     out: Optional[str] = None
@@ -69,46 +80,74 @@ def make_agent(module, cls_name: str, args, obs_dim: int, act_dim: int, device: 
     return cls(args, obs_dim, act_dim, device, np.zeros(obs_dim, np.float32), np.ones(obs_dim, np.float32))
 
 
-def time_updates(update, batch, warmup: int, seconds: float, device: torch.device) -> tuple[float, int]:
+def time_steps(train_step, phase, warmup: int, seconds: float, device: torch.device) -> tuple[float, int]:
     def sync():
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    for _ in range(warmup):
-        update(*batch)
+    for n in range(warmup):
+        train_step(*phase(n))
     sync()
-    start, n = time.perf_counter(), 0
+    start, n = time.perf_counter(), warmup
     while True:
-        for _ in range(5):  # check the clock every few updates only
-            update(*batch)
-        n += 5
+        for _ in range(5):  # check the clock every few steps only
+            train_step(*phase(n))
+            n += 1
         sync()
         if time.perf_counter() - start >= seconds:
-            return n / (time.perf_counter() - start), n
+            return (n - warmup) / (time.perf_counter() - start), n - warmup
+
+
+def profile_steps(train_step, phase, num_steps: int, device: torch.device) -> str:
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for n in range(num_steps):
+            train_step(*phase(n))
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    sort_by = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    return prof.key_averages().table(sort_by=sort_by, row_limit=15, max_name_column_width=60)
 
 
 def main(args: Args) -> None:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
+    torch.backends.cuda.matmul.allow_tf32 = args.tf32
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
     results = []
     for algo in args.algos:
         path, cls_name = SCRIPTS[algo]
         module = load(path)
-        script_args = module.Args()
         torch.manual_seed(0)
-        b = script_args.batch_size
-        batch = (torch.randn(b, args.obs_dim, device=device), torch.rand(b, args.act_dim, device=device) * 1.9 - 0.95,
-                 torch.randn(b, device=device), torch.randn(b, args.obs_dim, device=device),
-                 torch.zeros(b, device=device))
-        for mode in ["eager"] + (["compile"] if args.compile else []):
+        n = args.dataset_size
+        dataset = (torch.randn(n, args.obs_dim, device=device), torch.rand(n, args.act_dim, device=device) * 1.9 - 0.95,
+                   torch.randn(n, device=device), torch.randn(n, args.obs_dim, device=device),
+                   torch.zeros(n, device=device))
+        for mode in args.modes:
+            if "cuda-graphs" in mode and device.type != "cuda":
+                print(f"{algo:7s} {mode}: skipped (CUDA graphs need a GPU)", file=sys.stderr)
+                continue
+            script_args = module.Args(compile="compile" in mode, cuda_graphs="on" if "cuda-graphs" in mode else "off")
             agent = make_agent(module, cls_name, script_args, args.obs_dim, args.act_dim, device)
-            update = torch.compile(agent.update) if mode == "compile" else agent.update
-            rate, n = time_updates(update, batch, args.warmup, args.seconds, device)
-            results.append({"algo": algo, "mode": mode, "updates_per_s": rate, "updates_timed": n})
-            print(f"{algo:7s} {mode:8s} {rate:9.2f} updates/s ({n} updates)", file=sys.stderr)
-    header = {"device": device_name, "torch": torch.__version__, "batch_size": "script default",
+            batch_size = script_args.batch_size
+
+            def sample_batch():  # as in the scripts: indices drawn on the device
+                idx = torch.randint(n, (batch_size,), device=device)
+                return tuple(x[idx] for x in dataset)
+
+            train_step = module.make_train_step(agent, script_args, device, sample_batch)
+            # TD3+BC's delayed actor step is chosen by the caller, as in its training loop
+            phase = (lambda i: ((i + 1) % script_args.policy_freq == 0,)) if algo == "td3_bc" else (lambda i: ())
+            rate, count = time_steps(train_step, phase, args.warmup, args.seconds, device)
+            results.append({"algo": algo, "mode": mode, "updates_per_s": rate, "updates_timed": count})
+            print(f"{algo:7s} {mode:20s} {rate:9.2f} updates/s ({count} updates)", file=sys.stderr)
+            if args.profile > 0:
+                print(f"\n## profile: {algo}, {mode}, {args.profile} steps\n", flush=True)
+                print(profile_steps(train_step, phase, args.profile, device), flush=True)
+    header = {"device": device_name, "torch": torch.__version__, "tf32": args.tf32, "batch_size": "script default",
               "obs_dim": args.obs_dim, "act_dim": args.act_dim}
     print(f"\ndevice: {device_name}; torch {torch.__version__}; obs {args.obs_dim}, act {args.act_dim}, "
           f"each script's default configuration\n")
