@@ -94,19 +94,23 @@ def test_medium_replay_comes_from_the_shipped_buffer(datasets_root, tmp_path, po
     assert np.allclose(first.actions, buf["actions"][:n]) and np.allclose(first.observations, buf["observations"][:n + 1])
 
 
-def test_shipped_medium_policy_beats_random(datasets_root):
+def test_shipped_policies_beat_random_and_expert_beats_medium(datasets_root):
     policy, meta = train_behavior.load_actor(SHIPPED / "hopper-medium.pt")
     medium = train_behavior.evaluate(lambda o: policy.act(o, True, torch.device("cpu")), "Hopper-v5", 3, 123)
     random_actor = train_behavior.Actor(11, 3, 256)
     random = train_behavior.evaluate(lambda o: random_actor.act(o, True, torch.device("cpu")), "Hopper-v5", 3, 123)
     assert medium.mean() > random.mean() + 500
+    expert_policy, _ = train_behavior.load_actor(SHIPPED / "hopper-expert.pt")
+    expert = train_behavior.evaluate(lambda o: expert_policy.act(o, True, torch.device("cpu")), "Hopper-v5", 3, 123)
+    assert expert.mean() > medium.mean() + 1000  # manifest: 3178 against 1496
 
 
 def test_manifest_matches_shipped_files():
     manifest = json.loads((SHIPPED / "manifest.json").read_text())
-    for env in ("halfcheetah", "hopper", "walker2d"):
-        entry = manifest[f"{env}-medium"]
-        assert (SHIPPED / entry["file"]).exists() and (SHIPPED / entry["replay_file"]).exists()
+    assert {"halfcheetah-medium", "hopper-medium", "walker2d-medium", "hopper-expert", "walker2d-expert"} <= set(manifest)
+    for entry in manifest.values():
+        assert (SHIPPED / entry["file"]).exists()
+        assert entry["role"] == "expert" or (SHIPPED / entry["replay_file"]).exists()
         assert entry["eval_episodes"] >= 10 and entry["command"].startswith("python tools/train_behavior.py")
         blob = torch.load(SHIPPED / entry["file"], weights_only=False)
         assert blob["eval_return_mean"] == pytest.approx(entry["eval_return_mean"], abs=0.1)
