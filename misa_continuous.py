@@ -819,6 +819,7 @@ def main(args: Args) -> None:
             sys.exit(1)
 
     bar = tqdm(total=args.total_timesteps, initial=step, desc="MISA", unit="step", dynamic_ncols=True, mininterval=1.0)
+
     def sample_batch() -> tuple[torch.Tensor, ...]:  # drawn on the device: no host round trip
         idx = torch.randint(num_transitions, (args.batch_size,), device=device)
         return tuple(buffer[k][idx] for k in ("obs", "actions", "rewards", "next_obs", "dones"))

@@ -431,7 +431,8 @@ class IQL:
         for opt in (self.actor_opt, self.critic_opt, self.value_opt):
             match_device_flags(opt, self.device.type == "cuda")
         # checkpoints of the LambdaLR version count their updates in the scheduler's last_epoch
-        self.num_updates.copy_(torch.as_tensor(state.get("num_updates", state.get("actor_schedule", {}).get("last_epoch", 0))))
+        num_updates = state.get("num_updates", state.get("actor_schedule", {}).get("last_epoch", 0))
+        self.num_updates.copy_(torch.as_tensor(num_updates))
         self.obs_mean = state["obs_mean"].to(self.device)
         self.obs_std = state["obs_std"].to(self.device)
 
@@ -644,6 +645,7 @@ def main(args: Args) -> None:
             sys.exit(1)
 
     bar = tqdm(total=args.total_timesteps, initial=step, desc=ALGO, unit="step", dynamic_ncols=True, mininterval=1.0)
+
     def sample_batch() -> tuple[torch.Tensor, ...]:  # drawn on the device: no host round trip
         idx = torch.randint(num_transitions, (args.batch_size,), device=device)
         return tuple(buffer[k][idx] for k in ("obs", "actions", "rewards", "next_obs", "dones"))
