@@ -1,9 +1,11 @@
-"""--compile: one compiled update and one eager update from the same state and batch agree (CPU).
+"""--compile: one compiled update and one eager update from the same state and batch agree (CPU); and the
+--cuda-graphs wrapper's bookkeeping, with CUDA faked.
 
 Compilation takes a minute or two per algorithm on 2 cores; these are the slowest tests of the suite."""
 
 from __future__ import annotations
 
+import contextlib
 
 import numpy as np
 import pytest
@@ -47,3 +49,50 @@ def test_compiled_update_matches_eager(name, monkeypatch):
         for (pname, p), q in zip(getattr(eager, module_name).named_parameters(),
                                  getattr(compiled, module_name).parameters()):
             assert torch.allclose(p, q, rtol=1e-4, atol=1e-5), (module_name, pname, (p - q).abs().max().item())
+
+
+class FakeStream:
+    def wait_stream(self, other):
+        pass
+
+
+class FakeGraph:
+    """Stands in for torch.cuda.CUDAGraph on the CPU: counts replays."""
+
+    def __init__(self):
+        self.replays = 0
+
+    def replay(self):
+        self.replays += 1
+
+
+def test_cuda_graph_step_dispatch(monkeypatch):
+    """CUDAGraphStep's bookkeeping, with the CUDA calls faked (CI has no GPU; benchmarks/check_cuda_graphs.py checks
+    the real capture): each distinct Python argument tuple gets its own warm-up calls, then one capture, then only
+    replays that return the captured outputs."""
+    module = load_script(ROOT / "baselines/td3_bc_continuous.py")
+    captures = []
+
+    @contextlib.contextmanager
+    def fake_capture(graph):
+        captures.append(graph)
+        yield
+
+    monkeypatch.setattr(module.torch.cuda, "Stream", FakeStream)
+    monkeypatch.setattr(module.torch.cuda, "current_stream", FakeStream)
+    monkeypatch.setattr(module.torch.cuda, "stream", lambda stream: contextlib.nullcontext())
+    monkeypatch.setattr(module.torch.cuda, "CUDAGraph", FakeGraph)
+    monkeypatch.setattr(module.torch.cuda, "graph", fake_capture)
+    calls = []
+
+    def step_fn(update_actor):
+        calls.append(update_actor)
+        return {"n": len(calls)}
+
+    step = module.CUDAGraphStep(step_fn, warmup=2)
+    outs = [step(i % 2 == 1) for i in range(10)]
+    # per key: 2 eager warm-ups, 1 capture (which runs the Python once), then replays only
+    assert calls == [False, True, False, True, False, True]
+    assert len(captures) == 2 and set(step.graphs) == {(False,), (True,)}
+    assert step.graphs[(False,)].replays == 3 and step.graphs[(True,)].replays == 3  # 1 right after capture + 2
+    assert outs[4] is outs[6] is outs[8] and outs[5] is outs[7] is outs[9] and outs[4] is not outs[5]
