@@ -22,7 +22,7 @@ import torch
 import tyro
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from throughput import SCRIPTS, load, make_agent  # noqa: E402
+from throughput import SCRIPTS, load, make_step, synthetic_dataset  # noqa: E402
 
 
 @dataclass
@@ -41,18 +41,11 @@ class Args:
 def run(module, cls_name: str, algo: str, graphs: bool, compile: bool, steps: int, data, device) -> tuple[dict, dict]:
     script_args = module.Args(cuda_graphs="on" if graphs else "off", compile=compile)
     torch.manual_seed(0)
-    agent = make_agent(module, cls_name, script_args, data[0].shape[1], data[1].shape[1], device)
-
-    def sample_batch():
-        idx = torch.randint(len(data[0]), (script_args.batch_size,), device=device)
-        return tuple(x[idx] for x in data)
-
-    train_step = module.make_train_step(agent, script_args, device, sample_batch)
+    agent, train_step, phase = make_step(module, cls_name, algo, script_args, data, device)
     torch.manual_seed(1)
     metrics = {}
     for i in range(steps):
-        phase = ((i + 1) % script_args.policy_freq == 0,) if algo == "td3_bc" else ()
-        metrics = train_step(*phase)
+        metrics = train_step(*phase(i))
     torch.cuda.synchronize()
     params = {f"{name}.{k}": v.detach().clone() for name in ("actor", "critic")
               for k, v in getattr(agent, name).state_dict().items()}
@@ -68,9 +61,7 @@ def main(args: Args) -> None:
 
         inductor_config.fallback_random = True
     torch.manual_seed(0)
-    n = 10_000
-    data = (torch.randn(n, 17, device=device), torch.rand(n, 6, device=device) * 1.9 - 0.95,
-            torch.randn(n, device=device), torch.randn(n, 17, device=device), torch.zeros(n, device=device))
+    data = synthetic_dataset(10_000, 17, 6, device)
     worst_overall = 0.0
     for algo in args.algos:
         path, cls_name = SCRIPTS[algo]

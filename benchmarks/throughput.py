@@ -80,6 +80,27 @@ def make_agent(module, cls_name: str, args, obs_dim: int, act_dim: int, device: 
     return cls(args, obs_dim, act_dim, device, np.zeros(obs_dim, np.float32), np.ones(obs_dim, np.float32))
 
 
+def synthetic_dataset(n: int, obs_dim: int, act_dim: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """(obs, actions in (-0.95, 0.95), rewards, next_obs, dones), random, resident on the device like the scripts'."""
+    return (torch.randn(n, obs_dim, device=device), torch.rand(n, act_dim, device=device) * 1.9 - 0.95,
+            torch.randn(n, device=device), torch.randn(n, obs_dim, device=device), torch.zeros(n, device=device))
+
+
+def make_step(module, cls_name: str, algo: str, script_args, dataset: tuple, device: torch.device):
+    """The agent, its training step built as the script builds it (`make_train_step`: minibatch indices drawn on the
+    device, then the update), and the step's Python arguments as a function of the step index."""
+    agent = make_agent(module, cls_name, script_args, dataset[0].shape[1], dataset[1].shape[1], device)
+
+    def sample_batch():
+        idx = torch.randint(len(dataset[0]), (script_args.batch_size,), device=device)
+        return tuple(x[idx] for x in dataset)
+
+    train_step = module.make_train_step(agent, script_args, device, sample_batch)
+    # TD3+BC's delayed actor step is chosen by the caller, as in its training loop
+    phase = (lambda i: ((i + 1) % script_args.policy_freq == 0,)) if algo == "td3_bc" else (lambda i: ())
+    return agent, train_step, phase
+
+
 def time_steps(train_step, phase, warmup: int, seconds: float, device: torch.device) -> tuple[float, int]:
     def sync():
         if device.type == "cuda":
@@ -122,25 +143,13 @@ def main(args: Args) -> None:
         path, cls_name = SCRIPTS[algo]
         module = load(path)
         torch.manual_seed(0)
-        n = args.dataset_size
-        dataset = (torch.randn(n, args.obs_dim, device=device), torch.rand(n, args.act_dim, device=device) * 1.9 - 0.95,
-                   torch.randn(n, device=device), torch.randn(n, args.obs_dim, device=device),
-                   torch.zeros(n, device=device))
+        dataset = synthetic_dataset(args.dataset_size, args.obs_dim, args.act_dim, device)
         for mode in args.modes:
             if "cuda-graphs" in mode and device.type != "cuda":
                 print(f"{algo:7s} {mode}: skipped (CUDA graphs need a GPU)", file=sys.stderr)
                 continue
             script_args = module.Args(compile="compile" in mode, cuda_graphs="on" if "cuda-graphs" in mode else "off")
-            agent = make_agent(module, cls_name, script_args, args.obs_dim, args.act_dim, device)
-            batch_size = script_args.batch_size
-
-            def sample_batch():  # as in the scripts: indices drawn on the device
-                idx = torch.randint(n, (batch_size,), device=device)
-                return tuple(x[idx] for x in dataset)
-
-            train_step = module.make_train_step(agent, script_args, device, sample_batch)
-            # TD3+BC's delayed actor step is chosen by the caller, as in its training loop
-            phase = (lambda i: ((i + 1) % script_args.policy_freq == 0,)) if algo == "td3_bc" else (lambda i: ())
+            _, train_step, phase = make_step(module, cls_name, algo, script_args, dataset, device)
             rate, count = time_steps(train_step, phase, args.warmup, args.seconds, device)
             results.append({"algo": algo, "mode": mode, "updates_per_s": rate, "updates_timed": count})
             print(f"{algo:7s} {mode:20s} {rate:9.2f} updates/s ({count} updates)", file=sys.stderr)
