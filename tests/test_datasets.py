@@ -140,3 +140,26 @@ def test_sac_resumes_from_its_checkpoint(tmp_path):
     ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
     assert ckpt["step"] == 600 and len(ckpt["replay"]["rewards"]) == 600
     assert [h["step"] for h in ckpt["history"]] == [300, 600]
+
+
+def test_replay_device_mirror_holds_the_transitions():
+    """The packed mirror that GPU runs sample from (here on the CPU) holds exactly the stored transitions, also after
+    a checkpoint reload, and device-side minibatches are rows of it."""
+    rng = np.random.default_rng(0)
+    replay = train_behavior.Replay(50, obs_dim=3, act_dim=2, mirror_device=torch.device("cpu"))
+    for i in range(20):
+        replay.add(rng.normal(size=3), rng.uniform(-1, 1, 2), float(i), rng.normal(size=3), i % 7 == 6, False)
+    reloaded = train_behavior.Replay(50, obs_dim=3, act_dim=2, mirror_device=torch.device("cpu"))
+    reloaded.load(replay.state())
+    for r in (replay, reloaded):
+        assert float(r.size_on_device) == 20
+        np.testing.assert_array_equal(r.mirror[:20].numpy(), r.packed_rows(0, 20))
+        assert not r.mirror[20:].any()
+    torch.manual_seed(0)
+    obs, act, rew, next_obs, term = replay.sample_on_device(4000)
+    assert obs.shape == (4000, 3) and act.shape == (4000, 2) and rew.shape == term.shape == (4000,)
+    idx = rew.long()  # rewards were the insertion index
+    assert set(idx.tolist()) == set(range(20))  # uniform over the 20 stored rows, never an empty one
+    np.testing.assert_array_equal(obs.numpy(), replay.obs[idx.numpy()])
+    np.testing.assert_array_equal(next_obs.numpy(), replay.next_obs[idx.numpy()])
+    np.testing.assert_array_equal(term.numpy(), replay.terminations[idx.numpy()].astype(np.float32))

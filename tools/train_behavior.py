@@ -99,6 +99,9 @@ class Args:
     """torch CPU threads (1 is fastest for these small networks and lets two runs share 2 cores)"""
     cuda: bool = True
     """use CUDA when it is available"""
+    cuda_graphs: bool = True
+    """on CUDA: keep a copy of the replay buffer on the GPU, draw minibatches there and replay each SAC update from
+    a CUDA graph (fused, capturable Adam), which removes the per-update launch overhead; ignored on CPU"""
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -189,9 +192,10 @@ def evaluate(policy, env_id: str, episodes: int, seed: int) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------------------------------
 class Replay:
     """Flat transition store. It also records the episode stream (with the obs that ends each episode), which is
-    what the medium-replay dataset is rebuilt from."""
+    what the medium-replay dataset is rebuilt from. With `mirror_device`, every transition is also written as one
+    packed row to a tensor on that device, so that minibatches are drawn there (`sample_on_device`) without a copy."""
 
-    def __init__(self, capacity: int, obs_dim: int, act_dim: int):
+    def __init__(self, capacity: int, obs_dim: int, act_dim: int, mirror_device: Optional[torch.device] = None):
         self.obs = np.zeros((capacity, obs_dim), np.float32)
         self.next_obs = np.zeros((capacity, obs_dim), np.float32)
         self.actions = np.zeros((capacity, act_dim), np.float32)
@@ -199,12 +203,31 @@ class Replay:
         self.terminations = np.zeros(capacity, bool)
         self.truncations = np.zeros(capacity, bool)
         self.size = 0
+        self.row_split = [obs_dim, act_dim, 1, obs_dim, 1]  # obs | action | reward | next obs | termination
+        self.mirror = None
+        if mirror_device is not None:
+            self.mirror = torch.zeros(capacity, sum(self.row_split), device=mirror_device)
+            self.size_on_device = torch.zeros((), device=mirror_device)  # read by captured graphs, so kept in place
 
     def add(self, obs, act, rew, next_obs, term, trunc):
         i = self.size
         self.obs[i], self.actions[i], self.rewards[i], self.next_obs[i] = obs, act, rew, next_obs
         self.terminations[i], self.truncations[i] = term, trunc
         self.size += 1
+        if self.mirror is not None:
+            self.mirror[i].copy_(torch.from_numpy(self.packed_rows(i, i + 1)[0]))
+            self.size_on_device.fill_(self.size)
+
+    def packed_rows(self, start: int, stop: int) -> np.ndarray:
+        sl = slice(start, stop)
+        return np.concatenate([self.obs[sl], self.actions[sl], self.rewards[sl, None], self.next_obs[sl],
+                               self.terminations[sl, None]], axis=1, dtype=np.float32)
+
+    def sample_on_device(self, n: int):
+        """Uniform minibatch drawn on the mirror's device with no host sync (capturable in a CUDA graph)."""
+        idx = (torch.rand(n, device=self.mirror.device) * self.size_on_device).long()
+        obs, act, rew, next_obs, term = self.mirror[idx].split(self.row_split, dim=1)
+        return obs, act, rew.squeeze(1), next_obs, term.squeeze(1)
 
     def sample(self, n: int, device: torch.device):
         idx = np.random.randint(0, self.size, n)
@@ -220,6 +243,9 @@ class Replay:
         for k, v in state.items():
             getattr(self, k)[:n] = v
         self.size = n
+        if self.mirror is not None:
+            self.mirror[:n] = torch.from_numpy(self.packed_rows(0, n))
+            self.size_on_device.fill_(n)
 
     def episodes_npz(self, path: Path):
         """Write the transitions as whole episodes; an episode still running at the end is closed as truncated."""
@@ -242,13 +268,55 @@ class Replay:
 
 
 def rng_state() -> dict:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
 
 def set_rng_state(s: dict):
     random.setstate(s["python"])
     np.random.set_state(s["numpy"])
     torch.set_rng_state(s["torch"])
+    if "cuda" in s and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+
+
+def match_device_flags(opt: torch.optim.Optimizer, on_cuda: bool) -> None:
+    """A loaded optimiser state carries the saving run's `capturable` and `fused` flags; set this device's. On CUDA
+    the optimisers are fused (one kernel per step) and capturable (the step counters stay on the GPU, so a CUDA graph
+    can advance them): the same arithmetic as the default implementation."""
+    for group in opt.param_groups:
+        group["capturable"], group["fused"] = on_cuda, (True if on_cuda else None)
+        for p in group["params"]:
+            state = opt.state.get(p, {})
+            if "step" in state:
+                state["step"] = state["step"].to(p.device if on_cuda else "cpu", torch.float32)
+
+
+class CUDAGraphStep:
+    """Replays `step_fn()` from a CUDA graph. The first `warmup` calls run eagerly on a side stream (real updates,
+    which let autograd, cuBLAS and the optimisers allocate their state); the next call captures the graph. A replay
+    reads and writes the very tensors the eager step used, so none of them may be reallocated."""
+
+    def __init__(self, step_fn, warmup: int = 3):
+        self.step_fn, self.warmup, self.graph, self.eager_calls = step_fn, warmup, None, 0
+        self.side_stream = torch.cuda.Stream()
+
+    def __call__(self) -> None:
+        if self.graph is not None:
+            self.graph.replay()
+        elif self.eager_calls < self.warmup:
+            self.eager_calls += 1
+            self.side_stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(self.side_stream):
+                self.step_fn()
+            torch.cuda.current_stream().wait_stream(self.side_stream)
+        else:
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):  # records the kernels without running them
+                self.step_fn()
+            self.graph.replay()
 
 
 def raise_keyboard_interrupt(signum, frame):
@@ -282,11 +350,13 @@ def main(args: Args):
     critic_target = TwinCritic(obs_dim, act_dim, args.hidden_dim).to(device)
     critic_target.load_state_dict(critic.state_dict())
     log_alpha = torch.zeros((), device=device, requires_grad=True)
-    actor_opt = torch.optim.Adam(actor.parameters(), lr=args.policy_lr)
-    critic_opt = torch.optim.Adam(critic.parameters(), lr=args.q_lr)
-    alpha_opt = torch.optim.Adam([log_alpha], lr=args.alpha_lr)
+    on_cuda = device.type == "cuda"
+    cuda_flags = dict(capturable=on_cuda, fused=on_cuda or None)  # see match_device_flags
+    actor_opt = torch.optim.Adam(actor.parameters(), lr=args.policy_lr, **cuda_flags)
+    critic_opt = torch.optim.Adam(critic.parameters(), lr=args.q_lr, **cuda_flags)
+    alpha_opt = torch.optim.Adam([log_alpha], lr=args.alpha_lr, **cuda_flags)
     target_entropy = -float(act_dim)
-    replay = Replay(args.total_steps, obs_dim, act_dim)
+    replay = Replay(args.total_steps, obs_dim, act_dim, mirror_device=device if on_cuda else None)
 
     step, episode, history = 0, 0, []
     ckpt_path = run_dir / "checkpoint.pt"
@@ -298,6 +368,7 @@ def main(args: Args):
             module.load_state_dict(ck[key])
         for opt, key in ((actor_opt, "actor_opt"), (critic_opt, "critic_opt"), (alpha_opt, "alpha_opt")):
             opt.load_state_dict(ck[key])
+            match_device_flags(opt, on_cuda)
         with torch.no_grad():
             log_alpha.copy_(ck["log_alpha"])
         replay.load(ck["replay"])
@@ -316,8 +387,7 @@ def main(args: Args):
         torch.save(blob, str(ckpt_path) + ".tmp")
         os.replace(str(ckpt_path) + ".tmp", ckpt_path)  # atomic: an interruption never leaves a broken checkpoint
 
-    def update():
-        o, a, r, o2, d = replay.sample(args.batch_size, device)
+    def update(o, a, r, o2, d):
         alpha = log_alpha.exp().detach()
         with torch.no_grad():
             a2, logp2 = actor.sample(o2)
@@ -339,6 +409,15 @@ def main(args: Args):
         with torch.no_grad():
             for p, tp in zip(critic.parameters(), critic_target.parameters()):
                 tp.lerp_(p, args.tau)
+
+    if not on_cuda:  # minibatches drawn with numpy's RNG: the CPU runs that made the shipped policies
+        def train_step():
+            update(*replay.sample(args.batch_size, device))
+    else:
+        def train_step():
+            update(*replay.sample_on_device(args.batch_size))
+        if args.cuda_graphs:
+            train_step = CUDAGraphStep(train_step)
 
     def finish(kind: str, snapshot_step: int, returns: np.ndarray, cmd: Optional[str] = None):
         """Write the final actor, (medium) the replay buffer, and the manifest entry."""
@@ -397,7 +476,7 @@ def main(args: Args):
             replay.add(obs, action, reward, next_obs, term, trunc)
             obs, ep_return, ep_len, step = next_obs, ep_return + reward, ep_len + 1, step + 1
             if step >= args.learning_starts:
-                update()
+                train_step()
             if term or trunc:
                 episode += 1
                 bar.set_postfix(ep_return=f"{ep_return:.0f}", best_eval=f"{best:.0f}")
