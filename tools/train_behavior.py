@@ -363,7 +363,8 @@ def main(args: Args):
     if args.resume:
         if not ckpt_path.exists():
             sys.exit(f"error: --resume given but {ckpt_path} does not exist")
-        ck = torch.load(ckpt_path, map_location=device, weights_only=False)
+        # on the CPU: the RNG states must stay there, and load_state_dict moves the rest to each module's device
+        ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         for module, key in ((actor, "actor"), (critic, "critic"), (critic_target, "critic_target")):
             module.load_state_dict(ck[key])
         for opt, key in ((actor_opt, "actor_opt"), (critic_opt, "critic_opt"), (alpha_opt, "alpha_opt")):
