@@ -119,6 +119,10 @@ def test_manifest_matches_shipped_files():
 def test_list_and_bad_names(datasets_root, tmp_path):
     r = run_script("tools/make_dataset.py", "--list", cwd=tmp_path, timeout=60)
     assert r.returncode == 0 and "walker2d-medium-replay" in r.stdout and "misa-pytorch/hopper/random-v0" in r.stdout
+    manifest = json.loads((SHIPPED / "manifest.json").read_text())
+    medium, expert = (f"{manifest[f'hopper-{k}']['eval_normalized_score']:.1f}" for k in ("medium", "expert"))
+    lines = {line.split()[0]: line for line in r.stdout.splitlines() if line.startswith("hopper-")}
+    assert f" {medium} " in lines["hopper-medium"] and f" {medium} & {expert} " in lines["hopper-medium-expert"]
     r = run_script("tools/make_dataset.py", "hopper-mediun", cwd=tmp_path, timeout=60)
     assert_clean_error(r, "hopper-mediun", "hopper-medium-replay", "walker2d-expert")
     r = run_script("tools/make_dataset.py", "hopper-random", "--dataset-id", "mujoco/hopper/random-v0", cwd=tmp_path,

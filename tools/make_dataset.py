@@ -8,7 +8,7 @@ NAME is ENV-KIND with ENV in halfcheetah, hopper, walker2d and KIND one of
 - random:        1M steps of a randomly initialised policy;
 - medium:        1M steps of the shipped SAC policy stopped at D4RL's medium level (tools/behavior_policies);
 - medium-replay: every transition of that SAC run up to the medium point (shipped, compressed);
-- expert:        1M steps of the shipped fully trained SAC policy;
+- expert:        1M steps of the shipped expert SAC policy (docs/datasets.md says how far each was trained);
 - medium-expert: the medium and expert datasets concatenated (built first if missing).
 Actions are sampled from the stochastic policy, as D4RL did. A fall (Hopper, Walker2d) is a termination, the
 1000-step limit a truncation, and the episodes still running when the step budget is reached are cut as truncations.
@@ -18,6 +18,7 @@ These are D4RL-protocol datasets on v5 envs, not D4RL itself: docs/datasets.md l
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -91,22 +92,33 @@ def source_file(name: str, policies_dir: Path) -> Optional[Path]:
             "medium-expert": policies_dir / f"{env}-expert.pt"}[kind]
 
 
+def policy_scores(name: str, manifest: dict) -> str:
+    """The normalised evaluation score of the behaviour policies a dataset is collected with, from the manifest."""
+    env, kind = name.split("-", 1)
+    parts = {"medium": ["medium"], "expert": ["expert"], "medium-expert": ["medium", "expert"]}.get(kind, [])
+    scores = [manifest.get(f"{env}-{part}", {}).get("eval_normalized_score") for part in parts]
+    return " & ".join("?" if score is None else f"{score:.1f}" for score in scores) or "-"
+
+
 def list_datasets(policies_dir: Path) -> None:
     root = datasets_root()
+    manifest_path = policies_dir / "manifest.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
     print(f"datasets root: {root}  (set MINARI_DATASETS_PATH to change it)")
-    print(f"{'name':26s} {'minari id':43s} {'buildable':38s} {'built':>14s} {'size':>10s}")
+    print(f"{'name':26s} {'minari id':43s} {'buildable':38s} {'policy eval':>11s} {'built':>14s} {'size':>10s}")
     for name in NAMES:
         src = source_file(name, policies_dir)
         buildable = "yes" if src is None or src.exists() else f"no ({src.name} missing)"
         path = root / default_id(name)
         if (path / "data" / "metadata.json").exists():
-            import json
-
             steps = json.loads((path / "data" / "metadata.json").read_text()).get("total_steps", "?")
             built, size = f"{steps} steps", f"{dir_size(path) / 2**20:.1f} MiB"
         else:
             built, size = "-", "-"
-        print(f"{name:26s} {default_id(name):43s} {buildable:38s} {built:>14s} {size:>10s}")
+        print(f"{name:26s} {default_id(name):43s} {buildable:38s} {policy_scores(name, manifest):>11s} {built:>14s} "
+              f"{size:>10s}")
+    print("policy eval: normalised score (D4RL scale) of the deterministic behaviour policy in its 10-episode evaluation"
+          " (tools/behavior_policies/manifest.json); the data, sampled from it, scores lower")
 
 
 def collect(env_id: str, policy: Actor, num_steps: int, seed: int, num_envs: int, desc: str):
