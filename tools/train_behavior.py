@@ -16,6 +16,9 @@ The outputs that datasets are built from go to ``--out-dir`` (``tools/behavior_p
 
 The whole run (networks, optimisers, replay buffer, RNG states) is checkpointed at episode ends every
 ``--checkpoint-every`` steps and on Ctrl-C, and ``--resume`` continues it.
+
+On CUDA, minibatches are drawn from a copy of the replay buffer on the GPU and each update is replayed from a CUDA
+graph (``--cuda-graphs``): about 580 env steps/s on an H100, against about 50 on one CPU core (docs/datasets.md).
 """
 
 from __future__ import annotations
