@@ -167,3 +167,12 @@ def test_replay_device_mirror_holds_the_transitions():
     np.testing.assert_array_equal(obs.numpy(), replay.obs[idx.numpy()])
     np.testing.assert_array_equal(next_obs.numpy(), replay.next_obs[idx.numpy()])
     np.testing.assert_array_equal(term.numpy(), replay.terminations[idx.numpy()].astype(np.float32))
+
+
+def test_evaluate_policy_reevaluates_and_rejects_unknown_names(tmp_path):
+    r = run_script("tools/evaluate_policy.py", "hopper-medium", "--episodes", "2", cwd=tmp_path, timeout=120)
+    assert r.returncode == 0, r.stderr
+    mean = float(r.stdout.split("hopper-medium: ")[1].split()[0])
+    assert mean > 500  # the medium policy hops (random policies score about 20)
+    assert_clean_error(run_script("tools/evaluate_policy.py", "hopper-mediun", cwd=tmp_path, timeout=60),
+                       "hopper-mediun", "hopper-medium", "walker2d-expert")
