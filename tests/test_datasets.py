@@ -107,7 +107,7 @@ def test_shipped_policies_beat_random_and_expert_beats_medium(datasets_root):
 
 def test_manifest_matches_shipped_files():
     manifest = json.loads((SHIPPED / "manifest.json").read_text())
-    assert {"halfcheetah-medium", "hopper-medium", "walker2d-medium", "hopper-expert", "walker2d-expert"} <= set(manifest)
+    assert {f"{env}-{role}" for env in ("halfcheetah", "hopper", "walker2d") for role in ("medium", "expert")} <= set(manifest)
     for entry in manifest.values():
         assert (SHIPPED / entry["file"]).exists()
         assert entry["role"] == "expert" or (SHIPPED / entry["replay_file"]).exists()
