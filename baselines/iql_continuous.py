@@ -19,6 +19,7 @@ import math
 import os
 import random
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -61,7 +62,10 @@ class Args:
     """path of a checkpoint.pt to continue; hyperparameters come from the checkpoint, and only --total-timesteps,
     --save-model, --track and --cuda are taken from the command line"""
     run_name: Optional[str] = None
-    """name of the run directory under runs/ (default <env-id>__<exp-name>__<seed>__<unix time>)"""
+    """name of the run directory under runs/ (default <env-id>__<exp-name>__<seed>__<unix time>); a directory that
+    already holds a run is refused unless --overwrite is given"""
+    overwrite: bool = False
+    """delete an existing run directory of the same name and start afresh (without it, such a run is refused)"""
     compile: bool = False
     """wrap the update in torch.compile (eager runs are unaffected; expect minutes of compilation first)"""
     compile_mode: Literal["default", "max-autotune-no-cudagraphs"] = "default"
@@ -188,6 +192,13 @@ def remote_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
+def dataset_remedy(dataset_id: str, short_name: Optional[str]) -> str:
+    """What a user does about a damaged or unreadable dataset."""
+    if short_name is not None:
+        return f"rebuild it with `python tools/make_dataset.py {short_name} --overwrite`"
+    return f"delete that folder and download it again (`minari download {dataset_id}`)"
+
+
 def load_dataset(env_id: str):
     import minari
     from minari.storage.datasets_root_dir import get_dataset_path
@@ -202,7 +213,21 @@ def load_dataset(env_id: str):
             fail(f"dataset {dataset_id} ({short_name}) is not built yet; build it with "
                  f"`python tools/make_dataset.py {short_name}` from the project root")
         print(f"dataset {dataset_id} is not built yet: building it now with {builder} (a few minutes, once)")
-        if subprocess.run([sys.executable, str(builder), short_name]).returncode != 0:
+        build = subprocess.Popen([sys.executable, str(builder), short_name])
+        try:
+            returncode = build.wait()
+        except KeyboardInterrupt:  # Ctrl-C reaches the builder too, which says so in one line and keeps nothing
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # while it cleans up, a second Ctrl-C must not interrupt us
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            try:
+                returncode = build.wait(timeout=10)
+            except subprocess.TimeoutExpired:  # only this process was signalled (a kill): pass it on
+                build.send_signal(signal.SIGINT)
+                returncode = build.wait()
+            if returncode == 0:
+                print(f"interrupted after {dataset_id} was built; nothing was trained", file=sys.stderr)
+            sys.exit(130)
+        if returncode != 0:
             fail(f"building {dataset_id} failed (see above); rerun `python {builder} {short_name}`")
     elif not local:
         if not remote_reachable():
@@ -216,8 +241,13 @@ def load_dataset(env_id: str):
             fail(f"could not download {dataset_id}: {type(e).__name__}: {e}")
     try:
         return minari.load_dataset(dataset_id)
-    except Exception as e:
-        fail(f"could not read dataset {dataset_id} at {get_dataset_path(dataset_id)}: {type(e).__name__}: {e}")
+    except Exception as e:  # a truncated HDF5 file, a missing or garbled metadata.json, ...
+        fail(f"dataset {dataset_id} at {get_dataset_path(dataset_id)} is damaged or unreadable "
+             f"({type(e).__name__}: {e}); {dataset_remedy(dataset_id, short_name)}")
+
+
+class DamagedEpisode(ValueError):
+    """An episode whose arrays do not fit together: damage, not a user's choice."""
 
 
 def dataset_to_transitions(dataset, name: str, action_clip: float) -> dict[str, np.ndarray]:
@@ -232,8 +262,10 @@ def dataset_to_transitions(dataset, name: str, action_clip: float) -> dict[str, 
     parts = {k: [] for k in ("obs", "actions", "rewards", "next_obs", "dones")}
     for ep in dataset.iterate_episodes():
         obs = np.asarray(ep.observations, dtype=np.float64)
-        if obs.ndim != 2 or len(obs) != len(ep.actions) + 1:
-            fail(f"dataset {name}: episode {ep.id} has observations of shape {obs.shape} for {len(ep.actions)} actions")
+        lengths = {"actions": len(ep.actions), "rewards": len(ep.rewards), "terminations": len(ep.terminations)}
+        if obs.ndim != 2 or len(obs) != len(ep.actions) + 1 or len(set(lengths.values())) != 1:
+            raise DamagedEpisode(f"episode {ep.id}'s arrays disagree in length: observations {obs.shape}, "
+                                 + ", ".join(f"{k} {v}" for k, v in lengths.items()))
         parts["obs"].append(obs[:-1])
         parts["next_obs"].append(obs[1:])
         parts["actions"].append(np.asarray(ep.actions, dtype=np.float64).reshape(len(ep.actions), -1))
@@ -247,6 +279,19 @@ def dataset_to_transitions(dataset, name: str, action_clip: float) -> dict[str, 
             fail(f"dataset {name}: field {field!r} holds non-finite values at {int((~np.isfinite(values)).sum())} entries")
     data["actions"] = np.clip((data["actions"] - (high + low) / 2) / ((high - low) / 2), -action_clip, action_clip)
     return {k: v.astype(np.float32) for k, v in data.items()}
+
+
+def read_transitions(env_id: str, action_clip: float):
+    """The Minari dataset and its transitions; any damage found while reading is one line that says what to do."""
+    from minari.storage.datasets_root_dir import get_dataset_path
+
+    dataset = load_dataset(env_id)
+    dataset_id, short_name = resolve_dataset_id(env_id)
+    try:
+        return dataset, dataset_to_transitions(dataset, dataset_id, action_clip)
+    except Exception as e:  # h5py's OSError/KeyError for unreadable chunks or missing fields, or DamagedEpisode
+        fail(f"dataset {dataset_id} at {get_dataset_path(dataset_id)} is damaged or unreadable "
+             f"({type(e).__name__}: {e}); {dataset_remedy(dataset_id, short_name)}")
 
 
 def reference_scores(dataset) -> tuple[Optional[float], Optional[float], str]:
@@ -531,10 +576,42 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def prepare_run_dir(run_dir: Path, resuming: bool, overwrite: bool) -> None:
+    """Claims the run directory before any data is read or any step is taken: a new run never writes into another
+    run's directory (refused, or with --overwrite deleted first), and an unwritable place is reported at once."""
+    try:
+        if not resuming and run_dir.is_dir() and any(run_dir.iterdir()):
+            if not overwrite:
+                fail(f"{run_dir} already holds a run; continue it with --resume {run_dir / 'checkpoint.pt'} (if it saved "
+                     f"one), or start afresh with --overwrite (deletes that run) or another --run-name")
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        fail(f"cannot create or write the run directory {run_dir}: {e.strerror or e} ({e.filename or run_dir}); "
+             f"choose another place to run from, or free or fix that path")
+
+
+def write_csv(path: Path, rows: list, mode: str) -> None:
+    try:
+        with open(path, mode, newline="") as f:
+            csv.writer(f).writerows(rows)
+    except OSError as e:
+        fail(f"could not write {path}: {e.strerror or e} (is the disk full or read-only?)")
+
+
 def save_checkpoint(path: Path, agent, step: int, args: Args, run_name: str) -> None:
     blob = {"agent": agent.state_dict(), "step": step, "args": asdict(args), "run_name": run_name, "rng": rng_state()}
-    torch.save(blob, str(path) + ".tmp")
-    os.replace(str(path) + ".tmp", path)  # atomic: an interruption never leaves a half-written checkpoint
+    tmp = Path(str(path) + ".tmp")
+    try:
+        torch.save(blob, tmp)
+        os.replace(tmp, path)  # atomic: an interruption or a full disk never leaves a half-written checkpoint
+    except (OSError, RuntimeError) as e:  # torch.save reports a failed write as a RuntimeError
+        tmp.unlink(missing_ok=True)
+        kept = f"the previous checkpoint {path} is kept" if path.exists() else "no checkpoint was written"
+        fail(f"could not write the checkpoint {path} at step {step}: {e} (is the disk full?); {kept}")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -568,8 +645,15 @@ def main(args: Args) -> None:
         fail("--cuda-graphs on needs a CUDA device (none is available, or --no-cuda was given); "
              "use --cuda-graphs auto or off")
 
-    dataset = load_dataset(args.env_id)
-    data = dataset_to_transitions(dataset, dataset.spec.dataset_id, args.action_clip)
+    if resume_blob is not None:
+        run_name, run_dir = resume_blob["run_name"], Path(args.resume).parent
+    else:
+        run_name = args.run_name or f"{args.env_id.replace('/', '-')}__{args.exp_name}__{args.seed}__{int(time.time())}"
+        run_dir = Path("runs") / run_name
+    prepare_run_dir(run_dir, resuming=resume_blob is not None, overwrite=args.overwrite)
+    checkpoint_path = run_dir / "checkpoint.pt"
+
+    dataset, data = read_transitions(args.env_id, args.action_clip)
     reward_mode = "raw"
     if args.normalize_reward:
         scale = reward_range_scale(dataset)
@@ -599,14 +683,8 @@ def main(args: Args) -> None:
     step = 0
     if resume_blob is not None:
         agent.load_state_dict(resume_blob["agent"])
-        step, run_name = resume_blob["step"], resume_blob["run_name"]
+        step = resume_blob["step"]
         set_rng_state(resume_blob["rng"])
-        run_dir = Path(args.resume).parent
-    else:
-        run_name = args.run_name or f"{args.env_id.replace('/', '-')}__{args.exp_name}__{args.seed}__{int(time.time())}"
-        run_dir = Path("runs") / run_name
-    run_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint_path = run_dir / "checkpoint.pt"
 
     from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
@@ -624,11 +702,8 @@ def main(args: Args) -> None:
     rows = []
     if step and eval_csv.exists():  # keep the rows up to the checkpoint: later ones are about to be redone
         with open(eval_csv) as f:
-            rows = [r for r in csv.DictReader(f) if int(r["step"]) <= step]
-    with open(eval_csv, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["step", "mean_return", "std_return", "normalized_score"])
-        w.writeheader()
-        w.writerows(rows)
+            rows = [list(r.values()) for r in csv.DictReader(f) if int(r["step"]) <= step]
+    write_csv(eval_csv, [["step", "mean_return", "std_return", "normalized_score"], *rows], "w")
 
     print(f"run {run_name} on {device}: {num_transitions} transitions from {dataset.spec.dataset_id}, "
           f"rewards: {reward_mode}, normalised score from {ref_source}"
@@ -679,9 +754,8 @@ def main(args: Args) -> None:
                 writer.add_scalar("eval/return", mean_return, step)
                 if ref_min is not None:
                     writer.add_scalar("eval/normalized_score", score, step)
-                with open(eval_csv, "a", newline="") as f:
-                    csv.writer(f).writerow([step, f"{mean_return:.4f}", f"{returns.std():.4f}",
-                                            "" if ref_min is None else f"{score:.4f}"])
+                write_csv(eval_csv, [[step, f"{mean_return:.4f}", f"{returns.std():.4f}",
+                                      "" if ref_min is None else f"{score:.4f}"]], "a")
                 tqdm.write(f"step {step}: return {mean_return:.1f} +- {returns.std():.1f}"
                            + (f", normalised score {score:.1f}" if ref_min is not None else ""))
                 if args.save_model:

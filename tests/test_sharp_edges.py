@@ -1,0 +1,191 @@
+"""What a new user runs into, in all four scripts: damaged datasets, unwritable or taken output folders, a full disk
+while checkpointing, Ctrl-C during the first-use dataset build, and the CQL-style Lagrange multiplier's start.
+Each failure must be one 'error:' line that says what to do, and no earlier result may be lost."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from conftest import ROOT, assert_clean_error, load_script, run_script
+
+import make_tiny_dataset as tiny
+
+SCRIPTS = ["misa_continuous.py", "baselines/cql_continuous.py", "baselines/td3_bc_continuous.py",
+           "baselines/iql_continuous.py"]
+MODULES = {path: load_script(ROOT / path) for path in SCRIPTS}
+
+
+# ------------------------------------------------------------------------------------------------ damaged datasets
+def damage(path: Path, how: str) -> None:
+    data = path / "data"
+    if how == "truncated-hdf5":
+        size = (data / "main_data.hdf5").stat().st_size
+        with open(data / "main_data.hdf5", "r+b") as f:
+            f.truncate(size // 2)
+    elif how == "missing-metadata":
+        (data / "metadata.json").unlink()
+    elif how == "garbled-metadata":
+        (data / "metadata.json").write_text("{not json")
+    elif how == "overwritten-hdf5":
+        (data / "main_data.hdf5").write_bytes(b"\0" * 4096)
+    elif how == "episode-lengths":  # one episode's rewards one shorter than its actions
+        with h5py.File(data / "main_data.hdf5", "r+") as f:
+            rewards = f["episode_1/rewards"][:-1]
+            del f["episode_1/rewards"]
+            f["episode_1/rewards"] = rewards
+
+
+DAMAGES = ["truncated-hdf5", "missing-metadata", "garbled-metadata", "overwritten-hdf5", "episode-lengths"]
+
+
+@pytest.fixture(scope="module")
+def damaged_datasets(datasets_root):
+    tiny.build("test/damaged/source-v0", tiny.pendulum_episodes(3, seed=3))
+    for how in DAMAGES:
+        target = datasets_root / "test" / "damaged" / f"{how}-v0"
+        shutil.copytree(datasets_root / "test" / "damaged" / "source-v0", target)
+        damage(target, how)
+    return datasets_root
+
+
+@pytest.mark.parametrize("how", DAMAGES)
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_damaged_dataset_is_one_line_that_says_what_to_do(script, how, damaged_datasets, capsys):
+    module = MODULES[script]
+    with pytest.raises(SystemExit) as exit_info:
+        module.read_transitions(f"test/damaged/{how}-v0", 0.999)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: dataset test/damaged/"), err
+    assert str(damaged_datasets / "test" / "damaged" / f"{how}-v0") in err  # where it is
+    assert "download it again" in err  # what to do
+
+
+def test_damaged_short_name_dataset_names_the_rebuild_command(datasets_root, capsys):
+    """A damaged dataset of our own (a short name) says how to rebuild it."""
+    module = MODULES["misa_continuous.py"]
+    target = datasets_root / "misa-pytorch" / "hopper" / "medium-v0"
+    shutil.copytree(datasets_root / "test" / "pendulum" / "random-v0", target)
+    try:
+        damage(target, "truncated-hdf5")
+        with pytest.raises(SystemExit):
+            module.read_transitions("hopper-medium", 0.999)
+    finally:
+        shutil.rmtree(target)
+    err = capsys.readouterr().err
+    assert "python tools/make_dataset.py hopper-medium --overwrite" in err and str(target) in err, err
+
+
+def test_damaged_dataset_end_to_end(damaged_datasets, tmp_path):
+    r = run_script("misa_continuous.py", "--env-id", "test/damaged/truncated-hdf5-v0", "--total-timesteps", "1",
+                   cwd=tmp_path)
+    assert_clean_error(r, "damaged or unreadable", "truncated-hdf5-v0")
+
+
+# ------------------------------------------------------------------------------------------------ output folders
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_unwritable_output_folder_is_refused_before_any_work(script, datasets_root, tmp_path):
+    (tmp_path / "runs").write_text("a file where the runs folder should be")
+    started = time.time()
+    r = run_script(script, "--env-id", "test/pendulum/energy-v0", "--run-name", "x", cwd=tmp_path)
+    assert_clean_error(r, "cannot create or write the run directory", "runs")
+    assert "transitions from" not in r.stdout  # refused before the dataset was read
+    assert (tmp_path / "runs").read_text() == "a file where the runs folder should be"
+    assert time.time() - started < 120
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_a_second_run_never_destroys_the_first(script, datasets_root, tmp_path):
+    run_dir = tmp_path / "runs" / "same-name"
+    run_dir.mkdir(parents=True)
+    (run_dir / "evaluations.csv").write_text("step,mean_return,std_return,normalized_score\n5000,1.0,0.0,7.0\n")
+    r = run_script(script, "--env-id", "test/pendulum/energy-v0", "--run-name", "same-name", cwd=tmp_path)
+    assert_clean_error(r, "already holds a run", "--resume", "--overwrite")
+    assert (run_dir / "evaluations.csv").read_text().endswith("5000,1.0,0.0,7.0\n")  # untouched
+    assert sorted(p.name for p in run_dir.iterdir()) == ["evaluations.csv"]  # nothing mixed in
+
+
+def test_overwrite_starts_afresh(datasets_root, tmp_path):
+    run_dir = tmp_path / "runs" / "same-name"
+    run_dir.mkdir(parents=True)
+    (run_dir / "evaluations.csv").write_text("step,mean_return,std_return,normalized_score\n5000,1.0,0.0,7.0\n")
+    (run_dir / "events.out.tfevents.old").write_text("old")
+    r = run_script("baselines/td3_bc_continuous.py", "--env-id", "test/pendulum/energy-v0", "--run-name", "same-name",
+                   "--overwrite", "--total-timesteps", "4", "--eval-freq", "4", "--eval-episodes", "1",
+                   "--batch-size", "16", "--hidden-dim", "16", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "5000" not in (run_dir / "evaluations.csv").read_text()
+    assert not (run_dir / "events.out.tfevents.old").exists()
+
+
+class Tiny:
+    def state_dict(self):
+        return {"w": torch.zeros(3)}
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_full_disk_while_checkpointing_keeps_the_previous_checkpoint(script, tmp_path, monkeypatch, capsys):
+    module = MODULES[script]
+    path = tmp_path / "checkpoint.pt"
+    module.save_checkpoint(path, Tiny(), 10, module.Args(), "run")
+    before = path.read_bytes()
+
+    def save_half_then_fail(obj, f, *args, **kwargs):
+        Path(f).write_bytes(b"half a checkpoint")
+        raise RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed")
+
+    monkeypatch.setattr(module.torch, "save", save_half_then_fail)
+    with pytest.raises(SystemExit) as exit_info:
+        module.save_checkpoint(path, Tiny(), 20, module.Args(), "run")
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "could not write the checkpoint" in err and "previous checkpoint" in err
+    assert path.read_bytes() == before  # the old checkpoint is whole
+    assert not Path(str(path) + ".tmp").exists()  # and no half-written file is left
+    assert torch.load(path, weights_only=False)["step"] == 10
+
+
+# ------------------------------------------------------------------------------------------------ Ctrl-C in the build
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_ctrl_c_during_the_first_use_build_is_one_line_and_keeps_nothing(script, tmp_path):
+    datasets = tmp_path / "minari"
+    env = dict(os.environ, MINARI_DATASETS_PATH=str(datasets), PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    out, err = tmp_path / "out.txt", tmp_path / "err.txt"
+    with open(out, "w") as fo, open(err, "w") as fe:
+        proc = subprocess.Popen([sys.executable, str(ROOT / script), "--env-id", "hopper-medium"], cwd=tmp_path,
+                                env=env, stdout=fo, stderr=fe, start_new_session=True)  # its own process group
+        deadline = time.time() + 180
+        while "step/s" not in err.read_text() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.2)  # until the builder is stepping its envs
+        assert proc.poll() is None, out.read_text() + err.read_text()
+        os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the script and the builder get it
+        proc.wait(timeout=120)
+    stderr = err.read_text()
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr, stderr
+    lines = [line for line in stderr.replace("\r", "\n").splitlines() if line.strip() and "step" not in line]
+    assert lines == ["interrupted: misa-pytorch/hopper/medium-v0 was not built, and nothing half-built was kept; "
+                     "run the same command again to build it"], stderr
+    assert not (datasets / "misa-pytorch" / "hopper" / "medium-v0").exists()
+
+
+# ------------------------------------------------------------------------------------------------ fidelity
+@pytest.mark.parametrize("script, cls", [("misa_continuous.py", "MISA"), ("baselines/cql_continuous.py", "CQL")])
+def test_lagrange_multiplier_starts_at_log_alpha_prime_one(script, cls):
+    module = MODULES[script]
+    args = module.Args(hidden_dim=8)
+    if cls == "MISA":
+        agent = module.MISA(args, 3, 1, torch.device("cpu"))
+    else:
+        agent = module.CQL(args, 3, 1, torch.device("cpu"), np.zeros(3, np.float32), np.ones(3, np.float32))
+    assert agent.log_alpha_prime.item() == 1.0
