@@ -60,6 +60,21 @@ def test_build_metadata_and_flags(datasets_root, tmp_path, policies):
     assert recovered.spec.max_episode_steps == 1000
 
 
+def test_builds_are_identical_for_any_number_of_workers(datasets_root, tmp_path, policies):
+    """Stepping groups of envs in worker processes changes nothing in the data, also when the budget ends mid-step."""
+    episodes = {}
+    for workers in ("1", "3"):  # 6 envs: all in this process, or 3 worker processes of 2
+        r = make("hopper-medium", "--num-steps", "2501", "--num-envs", "6", "--workers", workers, "--dataset-id",
+                 f"t5/hopper/medium-w{workers}-v0", cwd=tmp_path, policies=policies)
+        assert r.returncode == 0, r.stderr
+        episodes[workers] = list(minari.load_dataset(f"t5/hopper/medium-w{workers}-v0").iterate_episodes())
+    assert len(episodes["1"]) == len(episodes["3"]) > 6  # some envs finished episodes and were reset
+    assert sum(len(ep.actions) for ep in episodes["3"]) == 2501
+    for a, b in zip(episodes["1"], episodes["3"]):
+        for field in ("observations", "actions", "rewards", "terminations", "truncations"):
+            assert np.array_equal(getattr(a, field), getattr(b, field)), field
+
+
 def test_time_limit_is_a_truncation(datasets_root, tmp_path):
     """A policy that stands still in HalfCheetah never falls: every episode ends by the 1000-step truncation."""
     r = run_script("tools/make_dataset.py", "halfcheetah-random", "--num-steps", "2000", "--num-envs", "2",

@@ -18,9 +18,11 @@ These are D4RL-protocol datasets on v5 envs, not D4RL itself: docs/datasets.md l
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
+import signal
 import sys
 import time
 import warnings
@@ -56,6 +58,10 @@ class Args:
     """seed of the policy's action noise and of the env resets"""
     num_envs: int = 16
     """envs stepped in lockstep so the policy runs on one batch per step"""
+    workers: Optional[int] = None
+    """processes that step the envs, each a group of them (gymnasium's AsyncVectorEnv); 1 steps them all in this
+    process; default: the CPU cores this process may use where there are 4 or more, else 1 (on 2 cores the messages
+    cost more than the second core gains: docs/datasets.md). The data are the same for any number"""
     policies_dir: str = str(DEFAULT_OUT_DIR)
     """where the behaviour policies and medium-replay buffers are read from"""
     overwrite: bool = False
@@ -67,6 +73,13 @@ class Args:
 def fail(message: str) -> None:
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
+
+
+def available_workers(requested: Optional[int]) -> int:
+    if requested is not None:
+        return requested
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return cores if cores >= 4 else 1
 
 
 def default_id(name: str) -> str:
@@ -121,60 +134,126 @@ def list_datasets(policies_dir: Path) -> None:
           " (tools/behavior_policies/manifest.json); the data, sampled from it, scores lower")
 
 
-def collect(env_id: str, policy: Actor, num_steps: int, seed: int, num_envs: int, desc: str):
+class EnvGroup(gym.Env):
+    """Envs `first .. first + size - 1` of the build, stepped one after another, seen from outside as one env with
+    stacked spaces: the unit that gymnasium's AsyncVectorEnv runs in each worker process, so that one message per
+    worker steps a whole group (one process per env costs more in messages than it gains on a few cores).
+    step() carries the per-env rewards and flags in its info; reset() takes the per-env seeds and the build-wide mask
+    of envs to reset."""
+
+    def __init__(self, env_id: str, first: int, size: int, builder_pid: int):
+        from gymnasium.vector import AutoresetMode, SyncVectorEnv
+
+        if os.getpid() != builder_pid:  # a worker process: Ctrl-C is the builder's to handle, and it ends the workers
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the builder's handler, inherited through fork
+        self.envs = SyncVectorEnv([lambda: gym.make(env_id)] * size, autoreset_mode=AutoresetMode.DISABLED)
+        self.observation_space, self.action_space = self.envs.observation_space, self.envs.action_space
+        self.first, self.size = first, size
+
+    def reset(self, *, seed: Optional[list] = None, options: Optional[dict] = None):
+        mask = options["reset_mask_all"][self.first:self.first + self.size] if options else np.ones(self.size, bool)
+        if mask.any():
+            self.obs, _ = self.envs.reset(seed=seed, options={"reset_mask": mask})
+        return self.obs, {}
+
+    def step(self, actions: np.ndarray):
+        self.obs, rewards, terminations, truncations, _ = self.envs.step(actions)
+        return self.obs, 0.0, False, False, {"rewards": rewards, "terminations": terminations,
+                                              "truncations": truncations}
+
+    def close(self):
+        self.envs.close()
+
+
+def group_count(num_envs: int, workers: int) -> int:
+    """The most equal-sized groups of envs, one per worker process, that `workers` processes can take."""
+    return max(g for g in range(1, min(num_envs, workers) + 1) if num_envs % g == 0)
+
+
+def collect(env_id: str, policy: Actor, num_steps: int, seed: int, num_envs: int, workers: int, desc: str):
     """Step `num_envs` envs in lockstep with stochastic policy actions until `num_steps` transitions exist.
-    Returns EpisodeBuffers in the order the episodes finished; episodes still running at the end are truncated."""
+    The envs are split into equal groups, one per worker process (gymnasium's AsyncVectorEnv), or stepped in this
+    process with workers = 1; the data are the same either way. Returns EpisodeBuffers in the order the episodes
+    finished (env index order within a step); episodes still running at the end are truncated."""
+    from gymnasium.vector import AsyncVectorEnv, AutoresetMode
     from minari.data_collector import EpisodeBuffer
 
     def new_episode(first_obs):
         return {"obs": [first_obs], "act": [], "rew": [], "term": [], "trunc": []}
-
-    torch.manual_seed(seed)
-    envs = [gym.make(env_id) for _ in range(num_envs)]
-    next_episode = 0
-    current = []
-    obs = []
-    for env in envs:
-        o, _ = env.reset(seed=seed * 1_000_000 + next_episode)
-        next_episode += 1
-        obs.append(o)
-        current.append(new_episode(o))
-    episodes, steps = [], 0
-    bar = tqdm(total=num_steps, desc=desc, unit="step", mininterval=2.0, smoothing=0.1)
 
     def close(ep):
         episodes.append(EpisodeBuffer(observations=np.array(ep["obs"]), actions=np.array(ep["act"], np.float32),
                                       rewards=np.array(ep["rew"]), terminations=np.array(ep["term"]),
                                       truncations=np.array(ep["trunc"])))
 
-    while steps < num_steps:
-        with torch.no_grad():
-            actions = policy.sample(torch.as_tensor(np.stack(obs), dtype=torch.float32))[0].numpy()
-        for i, env in enumerate(envs):
-            if steps >= num_steps:
-                break
-            o, r, term, trunc, _ = env.step(actions[i])
-            ep = current[i]
-            ep["obs"].append(o)
-            ep["act"].append(actions[i])
-            ep["rew"].append(r)
-            ep["term"].append(bool(term))
-            ep["trunc"].append(bool(trunc))
-            steps += 1
-            if term or trunc:
-                close(ep)
-                o, _ = env.reset(seed=seed * 1_000_000 + next_episode)
-                next_episode += 1
-                current[i] = new_episode(o)
-            obs[i] = o
-        bar.update(min(len(envs), bar.total - bar.n))
-    bar.close()
+    torch.manual_seed(seed)
+    groups = group_count(num_envs, workers)
+    size = num_envs // groups
+    if groups == 1:
+        envs = EnvGroup(env_id, 0, num_envs, os.getpid())
+    else:
+        make = [functools.partial(EnvGroup, env_id, g * size, size, os.getpid()) for g in range(groups)]
+        envs = AsyncVectorEnv(make, autoreset_mode=AutoresetMode.DISABLED)
+
+    def reset(seeds: list, mask: np.ndarray) -> np.ndarray:
+        """Resets the envs in `mask` with their `seeds`; returns every env's current observation."""
+        options = {"reset_mask_all": mask}
+        if groups == 1:
+            return envs.reset(seed=seeds, options=options)[0]
+        per_group = [seeds[g * size:(g + 1) * size] for g in range(groups)]
+        return envs.reset(seed=per_group, options=options)[0].reshape(num_envs, -1)
+
+    def step(actions: np.ndarray):
+        if groups == 1:
+            obs, _, _, _, info = envs.step(actions)
+            return obs, info["rewards"], info["terminations"], info["truncations"]
+        obs, _, _, _, info = envs.step(actions.reshape(groups, size, -1))
+        return (obs.reshape(num_envs, -1), *(info[k].reshape(num_envs) for k in ("rewards", "terminations",
+                                                                                "truncations")))
+
+    try:
+        obs = reset([seed * 1_000_000 + i for i in range(num_envs)], np.ones(num_envs, dtype=bool))
+        next_episode = num_envs
+        current = [new_episode(o) for o in obs]
+        episodes, steps = [], 0
+        bar = tqdm(total=num_steps, desc=desc, unit="step", mininterval=2.0, smoothing=0.1)
+        while steps < num_steps:
+            with torch.no_grad():
+                actions = policy.sample(torch.as_tensor(obs, dtype=torch.float32))[0].numpy()
+            next_obs, rewards, terms, truncs = step(actions)
+            finished, reset_seeds = np.zeros(num_envs, dtype=bool), [None] * num_envs
+            for i in range(num_envs):
+                if steps >= num_steps:  # the budget ends mid-step: the remaining envs' transitions are not kept
+                    break
+                ep = current[i]
+                ep["obs"].append(next_obs[i])
+                ep["act"].append(actions[i])
+                ep["rew"].append(float(rewards[i]))
+                ep["term"].append(bool(terms[i]))
+                ep["trunc"].append(bool(truncs[i]))
+                steps += 1
+                if terms[i] or truncs[i]:
+                    close(ep)
+                    finished[i], reset_seeds[i] = True, seed * 1_000_000 + next_episode  # each episode its own seed
+                    next_episode += 1
+            if finished.any():
+                next_obs = reset(reset_seeds, finished)
+                for i in np.flatnonzero(finished):
+                    current[i] = new_episode(next_obs[i])
+            obs = next_obs
+            bar.update(min(num_envs, bar.total - bar.n))
+        bar.close()
+    except BaseException:  # interrupted, perhaps mid-step: end the workers at once, without waiting on them
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            envs.close(terminate=True) if groups > 1 else envs.close()
+        raise
+    envs.close()
     for ep in current:  # cut at the budget, like D4RL's timeouts at 1M
         if ep["act"]:
             ep["trunc"][-1] = True
             close(ep)
-    for env in envs:
-        env.close()
     return episodes
 
 
@@ -223,7 +302,7 @@ def build(name: str, args: Args, dataset_id: str) -> None:
         policy = Actor(probe.observation_space.shape[0], probe.action_space.shape[0], 256)
         how = f"a randomly initialised tanh-Gaussian policy (torch seed {args.seed})"
         print(f"building {dataset_id}: {num_steps} steps of {how} on {env_id}; a 1M-step build takes a few minutes")
-        episodes = collect(env_id, policy, num_steps, args.seed, args.num_envs, name)
+        episodes = collect(env_id, policy, num_steps, args.seed, args.num_envs, available_workers(args.workers), name)
     elif kind in ("medium", "expert"):
         path = source_file(name, policies_dir)
         if not path.exists():
@@ -233,7 +312,7 @@ def build(name: str, args: Args, dataset_id: str) -> None:
         how = (f"the SAC policy {path.name} (SAC step {meta['sac_steps']}, seed {meta['seed']}, evaluation return "
                f"{meta['eval_return_mean']:.1f} +- {meta['eval_return_std']:.1f})")
         print(f"building {dataset_id}: {num_steps} steps of {how} on {env_id}; a 1M-step build takes a few minutes")
-        episodes = collect(env_id, policy, num_steps, args.seed, args.num_envs, name)
+        episodes = collect(env_id, policy, num_steps, args.seed, args.num_envs, available_workers(args.workers), name)
     elif kind == "medium-replay":
         path = source_file(name, policies_dir)
         if not path.exists():
@@ -262,16 +341,25 @@ def build(name: str, args: Args, dataset_id: str) -> None:
                    f"Built by tools/make_dataset.py {TOOL_VERSION} (misa-pytorch).")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        minari.create_dataset_from_buffers(
-            dataset_id, buffer=episodes, env=gym.spec(env_id), eval_env=gym.spec(env_id),
-            algorithm_name=f"SAC behaviour policy ({kind})" if kind != "random" else "random policy",
-            author="misa-pytorch", author_email="none", code_permalink="tools/make_dataset.py",
-            ref_min_score=ref_min, ref_max_score=ref_max, description=description,
-            requirements=[f"gymnasium=={gym.__version__}"],
-        )
+        shutil.rmtree(datasets_root() / dataset_id, ignore_errors=True)  # --overwrite: the old one goes only now
+        try:
+            minari.create_dataset_from_buffers(
+                dataset_id, buffer=episodes, env=gym.spec(env_id), eval_env=gym.spec(env_id),
+                algorithm_name=f"SAC behaviour policy ({kind})" if kind != "random" else "random policy",
+                author="misa-pytorch", author_email="none", code_permalink="tools/make_dataset.py",
+                ref_min_score=ref_min, ref_max_score=ref_max, description=description,
+                requirements=[f"gymnasium=={gym.__version__}"],
+            )
+        except BaseException:  # interrupted or failed while writing: keep nothing half-written
+            shutil.rmtree(datasets_root() / dataset_id, ignore_errors=True)
+            raise
     normalized = 100 * (returns.mean() - ref_min) / (ref_max - ref_min)
     print(f"wrote {dataset_id}: {steps} steps, {len(episodes)} episodes, mean return {returns.mean():.1f} "
           f"(normalised {normalized:.1f}), {time.time() - start:.1f} s")
+
+
+def raise_keyboard_interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def main(args: Args) -> None:
@@ -286,6 +374,8 @@ def main(args: Args) -> None:
         fail(f"--num-steps must be an integer >= 1, got {args.num_steps}")
     if args.num_envs < 1:
         fail(f"--num-envs must be an integer >= 1, got {args.num_envs}")
+    if args.workers is not None and args.workers < 1:
+        fail(f"--workers must be an integer >= 1, got {args.workers}")
     dataset_id = args.dataset_id or default_id(args.name)
     if dataset_id.split("/")[0] in ("mujoco", "D4RL"):
         fail(f"--dataset-id {dataset_id}: the mujoco/ and D4RL/ namespaces are Farama's; use your own")
@@ -294,9 +384,15 @@ def main(args: Args) -> None:
         if not args.overwrite:
             print(f"{dataset_id} already exists at {path} (use --overwrite to rebuild)")
             return
-        shutil.rmtree(path)
     torch.set_num_threads(1)
-    build(args.name, args, dataset_id)
+    signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
+    try:
+        build(args.name, args, dataset_id)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: {dataset_id} was not built, and nothing half-built was kept; run the same command "
+              f"again to build it", file=sys.stderr)
+        sys.exit(130)
+
 
 
 if __name__ == "__main__":
