@@ -7,13 +7,16 @@
 
 Each run is one subprocess, `python SCRIPT --env-id ENV --seed N --run-name NAME [extra args]`, with the
 deterministic name ENV__SCRIPT__SEED, so its outputs land in runs/NAME/ and a rerun finds them. Logs go to
-runs/logs/NAME.log. A failed run is reported with its log and the others go on. --resume skips runs whose
-evaluations.csv already reaches the run's --total-timesteps. Then `python benchmarks/report.py` makes the tables.
+runs/logs/NAME.log. A failed run is reported with its log and the others go on. A grid whose runs already have
+results is refused unless --resume (skip the finished runs, continue those with a checkpoint) or --overwrite is given.
+Local runs share the cores: each gets OMP_NUM_THREADS = cores / --workers. Then `python benchmarks/report.py`
+makes the tables.
 """
 
 from __future__ import annotations
 
 import csv
+import os
 import re
 import shlex
 import subprocess
@@ -44,7 +47,15 @@ class Args:
     ray_address: Optional[str] = None
     """address of an existing Ray cluster ("auto" for the local one); needs `pip install -r requirements-ray.txt`"""
     resume: bool = False
-    """skip runs whose evaluations.csv already reaches their --total-timesteps"""
+    """skip runs whose evaluations.csv already reaches their --total-timesteps, continue those that saved a
+    checkpoint.pt (passing --resume), and restart from scratch those that stopped without one (passing --overwrite)"""
+    overwrite: bool = False
+    """rerun runs whose directory already exists from scratch, deleting their results (passes --overwrite); without
+    this or --resume such a grid is refused, so that no earlier result is lost"""
+    threads_per_run: Optional[int] = None
+    """torch (OpenMP) threads of each local run, set as OMP_NUM_THREADS; default: the machine's cores divided by
+    --workers, at least 1, so that concurrent runs do not oversubscribe the cores (ignored with --ray-address,
+    where Ray sets it from each task's one CPU)"""
     output_dir: str = "."
     """runs/ and runs/logs/ are created here (on a Ray cluster, a path every node can reach)"""
     dry_run: bool = False
@@ -98,19 +109,36 @@ def is_complete(run: Run, output_dir: Path) -> bool:
     return bool(steps) and steps[-1] >= run.total_timesteps
 
 
-def execute(command: list[str], log_path: str, cwd: str) -> int:
-    """Run one experiment, its stdout and stderr into log_path; returns the exit code."""
+def run_state(run: Run, output_dir: Path) -> str:
+    """'complete', 'checkpoint' (can be continued), 'started' (a directory without a checkpoint) or 'new'."""
+    run_dir = output_dir / "runs" / run.name
+    if is_complete(run, output_dir):
+        return "complete"
+    if (run_dir / "checkpoint.pt").exists():
+        return "checkpoint"
+    return "started" if run_dir.is_dir() and any(run_dir.iterdir()) else "new"
+
+
+def execute(command: list[str], log_path: str, cwd: str, env: Optional[dict] = None) -> int:
+    """Run one experiment, its stdout and stderr appended to log_path; returns the exit code."""
     Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "w") as log:
+    with open(log_path, "a") as log:  # appended: a resumed run's log keeps what came before
         log.write("$ " + shlex.join(command) + "\n")
         log.flush()
-        return subprocess.run(command, cwd=cwd, stdout=log, stderr=subprocess.STDOUT).returncode
+        return subprocess.run(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
 
 
-def run_local(todo: list[Run], workers: int, output_dir: Path, on_done) -> None:
+def threads_per_run(workers: int, requested: Optional[int]) -> int:
+    return requested if requested is not None else max(1, (os.cpu_count() or 1) // workers)
+
+
+def run_local(todo: list[Run], workers: int, threads: int, output_dir: Path, on_done) -> None:
+    # Each run gets its share of the cores: two torch processes with a full thread pool each on the same cores
+    # slow each other down far below half speed (measured: docs/performance.md).
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     with ThreadPoolExecutor(max_workers=workers) as pool:  # threads only wait: the work is in subprocesses
         futures = {pool.submit(execute, r.command, str(output_dir / "runs" / "logs" / f"{r.name}.log"),
-                               str(output_dir)): r for r in todo}
+                               str(output_dir), env): r for r in todo}
         for future in as_completed(futures):
             on_done(futures[future], future.result())
 
@@ -134,16 +162,37 @@ def run_ray(todo: list[Run], address: str, output_dir: Path, on_done) -> None:
 def main(args: Args) -> int:
     if args.num_seeds < 1 or args.workers < 1:
         sys.exit("error: --num-seeds and --workers must be >= 1")
+    if args.threads_per_run is not None and args.threads_per_run < 1:
+        sys.exit(f"error: --threads-per-run must be >= 1, got {args.threads_per_run}")
     for script in args.scripts:
         if not Path(script).is_file():
             sys.exit(f"error: --scripts: no such file {script}")
     output_dir = Path(args.output_dir).resolve()
     runs = expand_grid(args)
-    todo = [r for r in runs if not (args.resume and is_complete(r, output_dir))]
-    print(f"{len(runs)} runs in the grid, {len(runs) - len(todo)} already complete, {len(todo)} to run")
+    states = {r.name: run_state(r, output_dir) for r in runs}
+    existing = [r.name for r in runs if states[r.name] != "new"]
+    if existing and not (args.resume or args.overwrite):
+        sys.exit(f"error: {len(existing)} runs of this grid already have results under {output_dir / 'runs'} "
+                 f"(e.g. {existing[0]}); continue them with --resume, or start them afresh with --overwrite "
+                 f"(deletes their results)")
+    todo = []
+    for r in runs:
+        state = states[r.name]
+        if args.resume and state == "complete":
+            continue
+        if args.resume and state == "checkpoint":
+            checkpoint = output_dir / "runs" / r.name / "checkpoint.pt"
+            r.command = [*r.command[:2], "--resume", str(checkpoint), *shlex.split(args.extra_args)]
+        elif state != "new":
+            r.command = [*r.command, "--overwrite"]
+        todo.append(r)
+    resumed = sum(1 for r in todo if "--resume" in r.command)
+    print(f"{len(runs)} runs in the grid, {len(runs) - len(todo)} already complete, {len(todo)} to run"
+          + (f" ({resumed} continued from their checkpoints)" if resumed else ""))
+    threads = threads_per_run(args.workers, args.threads_per_run)
     if args.dry_run:
         for r in todo:
-            print(shlex.join(r.command))
+            print(shlex.join(r.command) + ("" if args.ray_address else f"  # OMP_NUM_THREADS={threads}"))
         return 0
     from tqdm import tqdm
 
@@ -163,7 +212,7 @@ def main(args: Args) -> int:
     if args.ray_address:
         run_ray(todo, args.ray_address, output_dir, on_done)
     else:
-        run_local(todo, args.workers, output_dir, on_done)
+        run_local(todo, args.workers, threads, output_dir, on_done)
     bar.close()
     print(f"{len(todo) - len(failed)} of {len(todo)} runs succeeded in {time.time() - start:.0f} s")
     for run, log in failed:

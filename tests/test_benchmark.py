@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import subprocess
 import sys
 
@@ -53,6 +54,33 @@ def test_local_runs_report_failures_and_resume_skips_finished(tmp_path):
     r = run_benchmark(tmp_path, "--num-seeds", "1", "--start-seed", "12", "--resume",
                       "--extra-args=--total-timesteps 60", "--dry-run")
     assert "1 runs in the grid, 0 already complete, 1 to run" in r.stdout
+
+
+def test_a_rerun_never_destroys_results_and_resume_continues_checkpoints(tmp_path):
+    r = run_benchmark(tmp_path, "--num-seeds", "2", "--start-seed", "1", "--workers", "2")
+    assert r.returncode == 0, r.stdout + r.stderr
+    first = (tmp_path / "runs" / "toy__fake_algo__1" / "evaluations.csv").read_text()
+    # the same grid again, without --resume or --overwrite: refused up front, nothing touched
+    r = run_benchmark(tmp_path, "--num-seeds", "2", "--start-seed", "1")
+    assert r.returncode != 0 and "--resume" in r.stderr and "--overwrite" in r.stderr, r.stderr
+    assert (tmp_path / "runs" / "toy__fake_algo__1" / "evaluations.csv").read_text() == first
+    # --resume with a longer budget: a run with a checkpoint is continued from it, one without restarts
+    (tmp_path / "runs" / "toy__fake_algo__2" / "checkpoint.pt").write_bytes(b"stand-in")
+    r = run_benchmark(tmp_path, "--num-seeds", "2", "--start-seed", "1", "--resume", "--extra-args=--total-timesteps 60")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "2 to run (1 continued from their checkpoints)" in r.stdout
+    resumed = (tmp_path / "runs" / "toy__fake_algo__2" / "invocation.txt").read_text()
+    restarted = (tmp_path / "runs" / "toy__fake_algo__1" / "invocation.txt").read_text()
+    assert f"resume={tmp_path / 'runs' / 'toy__fake_algo__2' / 'checkpoint.pt'}" in resumed
+    assert "resume=None overwrite=True" in restarted
+
+
+def test_local_runs_get_their_share_of_the_cores(tmp_path):
+    assert benchmark.threads_per_run(workers=2, requested=None) == max(1, (os.cpu_count() or 1) // 2)
+    assert benchmark.threads_per_run(workers=64, requested=None) == 1
+    r = run_benchmark(tmp_path, "--num-seeds", "1", "--workers", "2", "--threads-per-run", "3")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "threads=3" in (tmp_path / "runs" / "toy__fake_algo__1" / "invocation.txt").read_text()
 
 
 def write_run(root, name, scores):
