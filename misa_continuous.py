@@ -20,6 +20,9 @@ Deviations from the released code, each for the reason given:
    linearly (finite, still increasing, gradient exp(cap)). This only loosens the f bound where the cap is active.
 4. `--no-mcmc` (the "biased" ablation) drops the partition-gradient term from the policy loss and runs no chain.
 5. Actions are affinely mapped to [-1, 1] from the env's Box bounds (an identity for MuJoCo locomotion).
+6. Minari's D4RL/ datasets store dictionary observations for the mazes and Kitchen; they are flattened as
+   observation, achieved_goal, desired_goal (D4RL's own states had no goal, and AntMaze's `observation` here has no
+   x-y position, which only achieved_goal holds).
 """
 
 from __future__ import annotations
@@ -264,22 +267,49 @@ def load_dataset(env_id: str):
              f"({type(e).__name__}: {e}); {dataset_remedy(dataset_id, short_name)}")
 
 
+# Goal-conditioned datasets (Minari's D4RL/antmaze, D4RL/pointmaze, D4RL/kitchen) store dictionary observations. They
+# are flattened in one fixed order, for the dataset and the evaluation env alike: `observation`, `achieved_goal`,
+# `desired_goal`, then any other key; the keys of a nested dictionary (Kitchen's goals) in sorted order.
+# `achieved_goal` is kept: AntMaze's `observation` holds no x-y position (the ant's position is only in
+# `achieved_goal`, where D4RL's 29-dim state had it), and where it repeats part of `observation` (PointMaze, Kitchen)
+# the copy costs an MLP nothing.
+OBS_KEY_ORDER = ("observation", "achieved_goal", "desired_goal")
+
+
+def is_flat_box_tree(space: gym.Space) -> bool:
+    if isinstance(space, gym.spaces.Dict):
+        return all(is_flat_box_tree(sub) for sub in space.spaces.values())
+    return isinstance(space, gym.spaces.Box)
+
+
+def flatten_observations(space: gym.Space, obs, top: bool = True) -> np.ndarray:
+    """One observation (dim,) or an episode's (T+1, dim) from a Box or a (nested) Dict of Boxes, in OBS_KEY_ORDER."""
+    if isinstance(space, gym.spaces.Box):
+        x = np.asarray(obs, dtype=np.float64)
+        return x.reshape(*x.shape[:x.ndim - len(space.shape)], -1)  # keeps a leading time axis
+    keys = sorted(space.spaces, key=lambda k: (OBS_KEY_ORDER.index(k) if top and k in OBS_KEY_ORDER else 3, k))
+    return np.concatenate([flatten_observations(space.spaces[k], obs[k], top=False) for k in keys], axis=-1)
+
+
 class DamagedEpisode(ValueError):
     """An episode whose arrays do not fit together: damage, not a user's choice."""
 
 
 def dataset_to_transitions(dataset, name: str, action_clip: float) -> dict[str, np.ndarray]:
     """Per episode: (obs[:-1], action, reward, obs[1:], done) with done = termination (a truncation is not terminal).
-    Actions are mapped to [-1, 1] from the Box bounds, then clipped to +-action_clip."""
-    for field, space in (("observation", dataset.observation_space), ("action", dataset.action_space)):
-        if not isinstance(space, gym.spaces.Box):
-            fail(f"dataset {name}: the {field} space is {type(space).__name__}; only flat Box spaces are supported")
+    Dictionary observations are flattened (flatten_observations). Actions are mapped to [-1, 1] from the Box bounds,
+    then clipped to +-action_clip."""
+    if not is_flat_box_tree(dataset.observation_space):
+        fail(f"dataset {name}: the observation space is {dataset.observation_space}; only a Box or a dictionary of "
+             f"Boxes is supported")
+    if not isinstance(dataset.action_space, gym.spaces.Box):
+        fail(f"dataset {name}: the action space is {type(dataset.action_space).__name__}; only a Box is supported")
     low, high = dataset.action_space.low.astype(np.float64), dataset.action_space.high.astype(np.float64)
     if not (np.all(np.isfinite(low)) and np.all(np.isfinite(high))):
         fail(f"dataset {name}: the action space must be bounded, got low={low}, high={high}")
     parts = {k: [] for k in ("obs", "actions", "rewards", "next_obs", "dones")}
     for ep in dataset.iterate_episodes():
-        obs = np.asarray(ep.observations, dtype=np.float64)
+        obs = flatten_observations(dataset.observation_space, ep.observations)
         lengths = {"actions": len(ep.actions), "rewards": len(ep.rewards), "terminations": len(ep.terminations)}
         if obs.ndim != 2 or len(obs) != len(ep.actions) + 1 or len(set(lengths.values())) != 1:
             raise DamagedEpisode(f"episode {ep.id}'s arrays disagree in length: observations {obs.shape}, "
@@ -310,6 +340,31 @@ def read_transitions(env_id: str, action_clip: float):
     except Exception as e:  # h5py's OSError/KeyError for unreadable chunks or missing fields, or DamagedEpisode
         fail(f"dataset {dataset_id} at {get_dataset_path(dataset_id)} is damaged or unreadable "
              f"({type(e).__name__}: {e}); {dataset_remedy(dataset_id, short_name)}")
+
+
+def make_eval_env(dataset, env_id: str) -> gym.Env:
+    """The dataset's evaluation env, its observations flattened as the dataset's are. gymnasium-robotics registers the
+    envs of the D4RL/ datasets (AntMaze, PointMaze, Adroit, Kitchen); it is imported only when one is needed."""
+    spec = dataset.spec.env_spec  # the evaluation env, if the dataset names one, comes from the same package
+    if spec is not None and spec.id not in gym.registry:
+        try:
+            import gymnasium_robotics  # prints a note on Adroit's v1 reward functions: worth reading for Adroit
+            gym.register_envs(gymnasium_robotics)
+        except ImportError:
+            fail(f"the evaluation env of {env_id} ({spec.id}) needs gymnasium-robotics: pip install -r requirements.txt")
+    try:
+        env = dataset.recover_environment(eval_env=True)
+    except Exception as e:
+        known = (" FrankaKitchen-v1 does not build with gymnasium-robotics 1.4.2 on MuJoCo 3.x (its joint-type check "
+                 "compares a MuJoCo enum with a NumPy integer), so Kitchen datasets cannot be evaluated yet."
+                 if spec is not None and "Kitchen" in spec.id else "")
+        fail(f"cannot build the evaluation env of {env_id}: {type(e).__name__}: {e}.{known}")
+    space = dataset.observation_space
+    if isinstance(space, gym.spaces.Dict):
+        dim = flatten_observations(space, space.sample()).shape[-1]
+        env = gym.wrappers.TransformObservation(env, lambda obs: flatten_observations(space, obs),
+                                                gym.spaces.Box(-np.inf, np.inf, (dim,), np.float64))
+    return env
 
 
 def process_rewards(rewards: np.ndarray, mode: str, dataset_id: str) -> tuple[np.ndarray, str]:
@@ -845,10 +900,7 @@ def main(args: Args) -> None:
     buffer = {k: torch.as_tensor(v, device=device) for k, v in data.items()}  # the whole dataset lives on the device
     obs_dim, act_dim = data["obs"].shape[1], data["actions"].shape[1]
     ref_min, ref_max, ref_source = reference_scores(dataset)
-    try:
-        eval_envs = [dataset.recover_environment(eval_env=True) for _ in range(args.eval_episodes)]
-    except Exception as e:
-        fail(f"cannot build the evaluation env of {args.env_id}: {type(e).__name__}: {e}")
+    eval_envs = [make_eval_env(dataset, args.env_id) for _ in range(args.eval_episodes)]
     if eval_envs[0].observation_space.shape != (obs_dim,) or eval_envs[0].action_space.shape != (act_dim,):
         fail(f"dataset {args.env_id} does not match its env: data obs/act dims {obs_dim}/{act_dim}, env "
              f"{eval_envs[0].observation_space.shape}/{eval_envs[0].action_space.shape}")

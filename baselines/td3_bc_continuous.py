@@ -8,6 +8,9 @@ widely used CORL settings for gym-locomotion (the same for all nine datasets); t
 
 Deviations: none in the algorithm. Like every script here, actions are affinely mapped to [-1, 1] from the env's
 Box bounds (an identity for MuJoCo locomotion) and dataset actions are clipped to +-0.999 (harmless for TD3+BC).
+Minari's D4RL/ datasets store dictionary observations for the mazes and Kitchen; they are flattened as
+observation, achieved_goal, desired_goal (D4RL's own states had no goal, and AntMaze's `observation` here has no
+x-y position, which only achieved_goal holds).
 """
 
 from __future__ import annotations
@@ -89,7 +92,8 @@ class Args:
     num_layers: int = 2
     """number of hidden layers of the actor and the critics"""
     dataset_presets: bool = True
-    """apply the per-dataset exceptions table (none for TD3+BC; kept for a uniform command line)"""
+    """apply the per-domain settings (DOMAIN_PRESETS: AntMaze) and the per-dataset exceptions (DATASET_PRESETS) that
+    match --env-id; a flag given on the command line wins over both"""
 
     gamma: float = 0.99
     """discount factor"""
@@ -111,12 +115,19 @@ class Args:
     """standardise states with the dataset's mean and std (+1e-3)"""
     normalize_reward: bool = False
     """scale rewards by 1000 / (max episode return - min episode return)"""
+    reward_scale: float = 1.0
+    """rewards become reward_scale * r + reward_bias (after --normalize-reward); the AntMaze presets set them"""
+    reward_bias: float = 0.0
+    """see --reward-scale"""
     action_clip: float = 0.999
     """dataset actions are clipped to +-this"""
 
 
 # Per-dataset exceptions (applied when --env-id is the matching short name and --dataset-presets is on).
 DATASET_PRESETS: dict[str, dict] = {}
+
+# Per-domain settings, applied when the dataset id names the domain: CORL's TD3+BC AntMaze reward r - 1.
+DOMAIN_PRESETS: dict[str, dict] = {"antmaze": {"reward_bias": -1.0}}
 
 
 def validate_args(args: Args) -> None:
@@ -238,22 +249,49 @@ def load_dataset(env_id: str):
              f"({type(e).__name__}: {e}); {dataset_remedy(dataset_id, short_name)}")
 
 
+# Goal-conditioned datasets (Minari's D4RL/antmaze, D4RL/pointmaze, D4RL/kitchen) store dictionary observations. They
+# are flattened in one fixed order, for the dataset and the evaluation env alike: `observation`, `achieved_goal`,
+# `desired_goal`, then any other key; the keys of a nested dictionary (Kitchen's goals) in sorted order.
+# `achieved_goal` is kept: AntMaze's `observation` holds no x-y position (the ant's position is only in
+# `achieved_goal`, where D4RL's 29-dim state had it), and where it repeats part of `observation` (PointMaze, Kitchen)
+# the copy costs an MLP nothing.
+OBS_KEY_ORDER = ("observation", "achieved_goal", "desired_goal")
+
+
+def is_flat_box_tree(space: gym.Space) -> bool:
+    if isinstance(space, gym.spaces.Dict):
+        return all(is_flat_box_tree(sub) for sub in space.spaces.values())
+    return isinstance(space, gym.spaces.Box)
+
+
+def flatten_observations(space: gym.Space, obs, top: bool = True) -> np.ndarray:
+    """One observation (dim,) or an episode's (T+1, dim) from a Box or a (nested) Dict of Boxes, in OBS_KEY_ORDER."""
+    if isinstance(space, gym.spaces.Box):
+        x = np.asarray(obs, dtype=np.float64)
+        return x.reshape(*x.shape[:x.ndim - len(space.shape)], -1)  # keeps a leading time axis
+    keys = sorted(space.spaces, key=lambda k: (OBS_KEY_ORDER.index(k) if top and k in OBS_KEY_ORDER else 3, k))
+    return np.concatenate([flatten_observations(space.spaces[k], obs[k], top=False) for k in keys], axis=-1)
+
+
 class DamagedEpisode(ValueError):
     """An episode whose arrays do not fit together: damage, not a user's choice."""
 
 
 def dataset_to_transitions(dataset, name: str, action_clip: float) -> dict[str, np.ndarray]:
     """Per episode: (obs[:-1], action, reward, obs[1:], done) with done = termination (a truncation is not terminal).
-    Actions are mapped to [-1, 1] from the Box bounds, then clipped to +-action_clip."""
-    for field, space in (("observation", dataset.observation_space), ("action", dataset.action_space)):
-        if not isinstance(space, gym.spaces.Box):
-            fail(f"dataset {name}: the {field} space is {type(space).__name__}; only flat Box spaces are supported")
+    Dictionary observations are flattened (flatten_observations). Actions are mapped to [-1, 1] from the Box bounds,
+    then clipped to +-action_clip."""
+    if not is_flat_box_tree(dataset.observation_space):
+        fail(f"dataset {name}: the observation space is {dataset.observation_space}; only a Box or a dictionary of "
+             f"Boxes is supported")
+    if not isinstance(dataset.action_space, gym.spaces.Box):
+        fail(f"dataset {name}: the action space is {type(dataset.action_space).__name__}; only a Box is supported")
     low, high = dataset.action_space.low.astype(np.float64), dataset.action_space.high.astype(np.float64)
     if not (np.all(np.isfinite(low)) and np.all(np.isfinite(high))):
         fail(f"dataset {name}: the action space must be bounded, got low={low}, high={high}")
     parts = {k: [] for k in ("obs", "actions", "rewards", "next_obs", "dones")}
     for ep in dataset.iterate_episodes():
-        obs = np.asarray(ep.observations, dtype=np.float64)
+        obs = flatten_observations(dataset.observation_space, ep.observations)
         lengths = {"actions": len(ep.actions), "rewards": len(ep.rewards), "terminations": len(ep.terminations)}
         if obs.ndim != 2 or len(obs) != len(ep.actions) + 1 or len(set(lengths.values())) != 1:
             raise DamagedEpisode(f"episode {ep.id}'s arrays disagree in length: observations {obs.shape}, "
@@ -286,6 +324,31 @@ def read_transitions(env_id: str, action_clip: float):
              f"({type(e).__name__}: {e}); {dataset_remedy(dataset_id, short_name)}")
 
 
+def make_eval_env(dataset, env_id: str) -> gym.Env:
+    """The dataset's evaluation env, its observations flattened as the dataset's are. gymnasium-robotics registers the
+    envs of the D4RL/ datasets (AntMaze, PointMaze, Adroit, Kitchen); it is imported only when one is needed."""
+    spec = dataset.spec.env_spec  # the evaluation env, if the dataset names one, comes from the same package
+    if spec is not None and spec.id not in gym.registry:
+        try:
+            import gymnasium_robotics  # prints a note on Adroit's v1 reward functions: worth reading for Adroit
+            gym.register_envs(gymnasium_robotics)
+        except ImportError:
+            fail(f"the evaluation env of {env_id} ({spec.id}) needs gymnasium-robotics: pip install -r requirements.txt")
+    try:
+        env = dataset.recover_environment(eval_env=True)
+    except Exception as e:
+        known = (" FrankaKitchen-v1 does not build with gymnasium-robotics 1.4.2 on MuJoCo 3.x (its joint-type check "
+                 "compares a MuJoCo enum with a NumPy integer), so Kitchen datasets cannot be evaluated yet."
+                 if spec is not None and "Kitchen" in spec.id else "")
+        fail(f"cannot build the evaluation env of {env_id}: {type(e).__name__}: {e}.{known}")
+    space = dataset.observation_space
+    if isinstance(space, gym.spaces.Dict):
+        dim = flatten_observations(space, space.sample()).shape[-1]
+        env = gym.wrappers.TransformObservation(env, lambda obs: flatten_observations(space, obs),
+                                                gym.spaces.Box(-np.inf, np.inf, (dim,), np.float64))
+    return env
+
+
 def reference_scores(dataset) -> tuple[Optional[float], Optional[float], str]:
     """(min, max, source) for the normalised score: the dataset's own, else D4RL's for the three locomotion envs."""
     meta = dataset.storage.metadata
@@ -304,9 +367,21 @@ def reward_range_scale(dataset) -> float:
     return 1000.0 / max(max(returns) - min(returns), 1e-8)
 
 
+def dataset_domain(env_id: str) -> Optional[str]:
+    """The D4RL domain a dataset id belongs to (antmaze, pointmaze, adroit, kitchen), or None (locomotion, other)."""
+    tokens = set(re.split(r"[/_-]", env_id.lower()))
+    if tokens & {"antmaze", "pointmaze", "kitchen"}:
+        return next(d for d in ("antmaze", "pointmaze", "kitchen") if d in tokens)
+    return "adroit" if tokens & {"pen", "door", "hammer", "relocate"} else None
+
+
 def apply_dataset_presets(args: Args) -> list[str]:
-    """Apply DATASET_PRESETS when --env-id is one of its short names; returns what changed, for the log."""
-    preset = DATASET_PRESETS.get(args.env_id, {}) if args.dataset_presets else {}
+    """Apply DOMAIN_PRESETS for the dataset's domain, then DATASET_PRESETS when --env-id is one of its short names,
+    except where the command line gives the flag itself; returns what changed, for the log."""
+    preset = {**DOMAIN_PRESETS.get(dataset_domain(args.env_id), {}), **DATASET_PRESETS.get(args.env_id, {})}
+    given = {a[2:].split("=")[0].replace("-", "_") for a in sys.argv[1:] if a.startswith("--")}
+    given |= {name[3:] for name in given if name.startswith("no_")}  # --no-cql-lagrange gives cql_lagrange
+    preset = {k: v for k, v in preset.items() if k not in given} if args.dataset_presets else {}  # flags win
     for key, value in preset.items():
         setattr(args, key, value)
     return [f"{k}={v}" for k, v in preset.items()]
@@ -589,7 +664,7 @@ def main(args: Args) -> None:
         for flag in ("total_timesteps", "save_model", "track", "cuda", "resume"):
             setattr(saved, flag, getattr(args, flag))
         args = saved
-    presets = apply_dataset_presets(args)
+    presets = apply_dataset_presets(args) if resume_blob is None else []  # a checkpoint's args hold them
     validate_args(args)
 
     random.seed(args.seed)
@@ -615,6 +690,9 @@ def main(args: Args) -> None:
         scale = reward_range_scale(dataset)
         data["rewards"] = data["rewards"] * scale
         reward_mode = f"x{scale:.4g} (1000 / episode-return range)"
+    if args.reward_scale != 1.0 or args.reward_bias != 0.0:
+        data["rewards"] = args.reward_scale * data["rewards"] + args.reward_bias
+        reward_mode += f", then {args.reward_scale:g} * r + {args.reward_bias:g}"
     if args.normalize_states:
         obs_mean, obs_std = data["obs"].mean(0), data["obs"].std(0) + 1e-3
         data["obs"], data["next_obs"] = (data["obs"] - obs_mean) / obs_std, (data["next_obs"] - obs_mean) / obs_std
@@ -626,10 +704,7 @@ def main(args: Args) -> None:
     buffer = {k: torch.as_tensor(v, device=device) for k, v in data.items()}  # the whole dataset lives on the device
     obs_dim, act_dim = data["obs"].shape[1], data["actions"].shape[1]
     ref_min, ref_max, ref_source = reference_scores(dataset)
-    try:
-        eval_envs = [dataset.recover_environment(eval_env=True) for _ in range(args.eval_episodes)]
-    except Exception as e:
-        fail(f"cannot build the evaluation env of {args.env_id}: {type(e).__name__}: {e}")
+    eval_envs = [make_eval_env(dataset, args.env_id) for _ in range(args.eval_episodes)]
     if eval_envs[0].observation_space.shape != (obs_dim,) or eval_envs[0].action_space.shape != (act_dim,):
         fail(f"dataset {args.env_id} does not match its env: data obs/act dims {obs_dim}/{act_dim}, env "
              f"{eval_envs[0].observation_space.shape}/{eval_envs[0].action_space.shape}")

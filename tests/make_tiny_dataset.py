@@ -26,7 +26,7 @@ def record_episodes(env, num_episodes: int, seed: int, choose_action):
             truncs.append(truncated)
             if terminated or truncated:
                 break
-        buffers.append(EpisodeBuffer(observations=np.array(observations), actions=np.array(actions),
+        buffers.append(EpisodeBuffer(observations=stack_observations(observations), actions=np.array(actions),
                                      rewards=np.array(rewards), terminations=np.array(terms),
                                      truncations=np.array(truncs)))
     env.close()
@@ -71,3 +71,21 @@ def cartpole_episodes(num_episodes: int, seed: int):
     env = gym.make("CartPole-v1")
     env.action_space.seed(seed)
     return record_episodes(env, num_episodes, seed, lambda obs: env.action_space.sample())
+
+
+def stack_observations(observations: list):
+    """A list of (possibly nested dict) observations as arrays with a leading time axis, as Minari stores them."""
+    if isinstance(observations[0], dict):
+        return {k: stack_observations([o[k] for o in observations]) for k in observations[0]}
+    return np.array(observations)
+
+
+def robotics_episodes(env_id: str, num_episodes: int, seed: int, max_steps: int = 30):
+    """Random-action episodes of a gymnasium-robotics env (AntMaze, PointMaze, Adroit), dict observations kept."""
+    import gymnasium_robotics
+
+    gym.register_envs(gymnasium_robotics)
+    env = gym.make(env_id, max_episode_steps=max_steps)
+    env.action_space.seed(seed)
+    buffers = record_episodes(env, num_episodes, seed, lambda obs: env.action_space.sample())
+    return env.spec, buffers
