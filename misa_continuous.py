@@ -93,6 +93,8 @@ class Args:
     """evaluate every this many gradient steps"""
     eval_episodes: int = 10
     """deterministic episodes per evaluation"""
+    final_eval_episodes: int = 100
+    """deterministic episodes of the last evaluation, at --total-timesteps: the score results tables report"""
     batch_size: int = 256
     """transitions per gradient step"""
     log_freq: int = 1_000
@@ -163,6 +165,7 @@ def validate_args(args: Args) -> None:
         ("total-timesteps", args.total_timesteps >= 1, "an integer >= 1"),
         ("eval-freq", args.eval_freq >= 1, "an integer >= 1"),
         ("eval-episodes", args.eval_episodes >= 1, "an integer >= 1"),
+        ("final-eval-episodes", args.final_eval_episodes >= 1, "an integer >= 1"),
         ("batch-size", args.batch_size >= 1, "an integer >= 1"),
         ("log-freq", args.log_freq >= 1, "an integer >= 1"),
         ("hidden-dim", args.hidden_dim >= 1, "an integer >= 1"),
@@ -783,22 +786,27 @@ def make_train_step(agent, args: Args, device: torch.device, sample_batch: Calla
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Evaluation, checkpoints
-def evaluate(policy: Callable[[torch.Tensor], torch.Tensor], envs: list, seed: int, action_low: np.ndarray,
-             action_high: np.ndarray, device: torch.device) -> np.ndarray:
-    """One episode per env, run in lockstep so the policy sees one batch per step. `policy` maps observations to
-    deterministic actions in [-1, 1], which are mapped back to the env's Box bounds."""
-    obs = np.stack([env.reset(seed=seed + i)[0] for i, env in enumerate(envs)]).astype(np.float32)
-    returns, alive = np.zeros(len(envs)), np.ones(len(envs), dtype=bool)
-    while alive.any():
-        with torch.no_grad():
-            squashed = policy(torch.as_tensor(obs, device=device)).cpu().numpy()
-        env_actions = action_low + (squashed + 1.0) * 0.5 * (action_high - action_low)
-        for i in np.flatnonzero(alive):
-            next_obs, reward, terminated, truncated, _ = envs[i].step(env_actions[i])
-            obs[i] = next_obs
-            returns[i] += reward
-            alive[i] = not (terminated or truncated)
-    return returns
+def evaluate(policy: Callable[[torch.Tensor], torch.Tensor], envs: list, num_episodes: int, seed: int,
+             action_low: np.ndarray, action_high: np.ndarray, device: torch.device) -> np.ndarray:
+    """`num_episodes` episodes, in rounds of one episode per env run in lockstep so the policy sees one batch per step;
+    episode k is reset with seed + k. `policy` maps observations to deterministic actions in [-1, 1], which are mapped
+    back to the env's Box bounds."""
+    all_returns = []
+    for first in range(0, num_episodes, len(envs)):
+        batch = envs[:min(len(envs), num_episodes - first)]
+        obs = np.stack([env.reset(seed=seed + first + i)[0] for i, env in enumerate(batch)]).astype(np.float32)
+        returns, alive = np.zeros(len(batch)), np.ones(len(batch), dtype=bool)
+        while alive.any():
+            with torch.no_grad():
+                squashed = policy(torch.as_tensor(obs, device=device)).cpu().numpy()
+            env_actions = action_low + (squashed + 1.0) * 0.5 * (action_high - action_low)
+            for i in np.flatnonzero(alive):
+                next_obs, reward, terminated, truncated, _ = batch[i].step(env_actions[i])
+                obs[i] = next_obs
+                returns[i] += reward
+                alive[i] = not (terminated or truncated)
+        all_returns.append(returns)
+    return np.concatenate(all_returns)
 
 
 def rng_state() -> dict:
@@ -930,7 +938,7 @@ def main(args: Args) -> None:
     if step and eval_csv.exists():  # keep the rows up to the checkpoint: later ones are about to be redone
         with open(eval_csv) as f:
             rows = [list(r.values()) for r in csv.DictReader(f) if int(r["step"]) <= step]
-    write_csv(eval_csv, [["step", "mean_return", "std_return", "normalized_score"], *rows], "w")
+    write_csv(eval_csv, [["step", "mean_return", "std_return", "normalized_score", "episodes", "final"], *rows], "w")
 
     print(f"run {run_name} on {device}: {num_transitions} transitions from {dataset.spec.dataset_id}, "
           f"rewards: {reward_mode}, normalised score from {ref_source}")
@@ -973,7 +981,10 @@ def main(args: Args) -> None:
                 bar.set_postfix(SPS=f"{sps:.1f}", score=f"{last_score:.1f}")
             if step % args.eval_freq == 0 or step == args.total_timesteps:
                 check_finite()
-                returns = evaluate(agent.act, eval_envs, args.seed + step, action_low, action_high, device)
+                final = step == args.total_timesteps  # the last evaluation is the long one that tables report
+                num_episodes = args.final_eval_episodes if final else args.eval_episodes
+                returns = evaluate(agent.act, eval_envs, num_episodes, args.seed + step, action_low, action_high,
+                                   device)
                 mean_return = float(returns.mean())
                 score = 100 * (mean_return - ref_min) / (ref_max - ref_min) if ref_min is not None else float("nan")
                 last_score = score if ref_min is not None else mean_return
@@ -981,8 +992,8 @@ def main(args: Args) -> None:
                 if ref_min is not None:
                     writer.add_scalar("eval/normalized_score", score, step)
                 write_csv(eval_csv, [[step, f"{mean_return:.4f}", f"{returns.std():.4f}",
-                                      "" if ref_min is None else f"{score:.4f}"]], "a")
-                tqdm.write(f"step {step}: return {mean_return:.1f} +- {returns.std():.1f}"
+                                      "" if ref_min is None else f"{score:.4f}", len(returns), int(final)]], "a")
+                tqdm.write(f"step {step}: return {mean_return:.1f} +- {returns.std():.1f} over {len(returns)} episodes"
                            + (f", normalised score {score:.1f}" if ref_min is not None else ""))
                 if args.save_model:
                     save_checkpoint(checkpoint_path, agent, step, args, run_name)

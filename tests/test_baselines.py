@@ -10,7 +10,8 @@ import torch
 from conftest import ROOT, assert_clean_error, load_script, run_script
 
 SCRIPTS = ["baselines/td3_bc_continuous.py", "baselines/iql_continuous.py", "baselines/cql_continuous.py"]
-TINY = ["--batch-size", "32", "--hidden-dim", "32", "--eval-episodes", "2", "--log-freq", "5"]
+TINY = ["--batch-size", "32", "--hidden-dim", "32", "--eval-episodes", "2", "--final-eval-episodes", "2", "--log-freq",
+        "5"]
 
 
 td3_bc, iql, cql = (load_script(ROOT / "baselines" / f"{name}.py")
@@ -163,7 +164,7 @@ def test_short_run_learns_the_easy_task(datasets_root, tmp_path, script):
     """Deterministic: 1000 updates on scripted swing-up data (return about -140, random about -1200) reach a
     normalised score far above a random policy's (reference: min -1400, max -150)."""
     r = run_script(script, "--env-id", "test/pendulum/energy-v0", "--total-timesteps", "1000", "--eval-freq", "1000",
-                   "--eval-episodes", "5", cwd=tmp_path)
+                   "--eval-episodes", "5", "--final-eval-episodes", "5", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     (csv_path,) = (tmp_path / "runs").glob("*/evaluations.csv")
     with open(csv_path) as f:
@@ -171,9 +172,22 @@ def test_short_run_learns_the_easy_task(datasets_root, tmp_path, script):
     assert float(row["normalized_score"]) > 60, row
 
 
+def test_the_last_evaluation_is_the_long_one_and_is_marked_final(datasets_root, tmp_path):
+    r = run_script("baselines/td3_bc_continuous.py", "--env-id", "test/pendulum/energy-v0", "--total-timesteps", "10",
+                   "--eval-freq", "5", "--eval-episodes", "2", "--final-eval-episodes", "3", "--batch-size", "16",
+                   "--hidden-dim", "16", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    (csv_path,) = (tmp_path / "runs").glob("*/evaluations.csv")
+    with open(csv_path) as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["step"], r["episodes"], r["final"]) for r in rows] == [("5", "2", "0"), ("10", "3", "1")]
+    assert "over 3 episodes" in r.stdout
+
+
 def test_help_lists_the_shared_flags(tmp_path):
     for script in SCRIPTS:
         out = run_script(script, "--help", cwd=tmp_path, timeout=60).stdout
-        for flag in ("--env-id", "--seed", "--total-timesteps", "--eval-freq", "--eval-episodes", "--batch-size",
+        for flag in ("--env-id", "--seed", "--total-timesteps", "--eval-freq", "--eval-episodes", "--final-eval-episodes",
+                     "--batch-size",
                      "--save-model", "--resume"):
             assert flag in out, (script, flag)

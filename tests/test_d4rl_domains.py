@@ -69,7 +69,8 @@ def test_each_script_trains_and_evaluates_on_each_domain(algo, domain, domain_da
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", ["script", "--eval-episodes", "2"])  # as typed: a flag wins over presets
     extra = dict(num_mc_samples=2, mcmc_burnin=1) if algo == "misa" else {}
-    args = module.Args(env_id=dataset_id, total_timesteps=4, eval_freq=4, eval_episodes=2, batch_size=16,
+    args = module.Args(env_id=dataset_id, total_timesteps=4, eval_freq=4, eval_episodes=2, final_eval_episodes=2,
+                       batch_size=16,
                        hidden_dim=16, log_freq=2, run_name="r", cuda=False, **extra)
     module.main(args)
     with open(tmp_path / "runs" / "r" / "evaluations.csv") as f:

@@ -14,7 +14,7 @@ from conftest import assert_clean_error, run_script
 import misa_continuous as misa
 
 TINY = ["--batch-size", "32", "--hidden-dim", "32", "--num-mc-samples", "4", "--mcmc-burnin", "2",
-        "--eval-episodes", "2", "--log-freq", "5"]
+        "--eval-episodes", "2", "--final-eval-episodes", "2", "--log-freq", "5"]
 
 
 # ---------------------------------------------------------------------------------------------------------- math

@@ -121,7 +121,7 @@ def test_overwrite_starts_afresh(datasets_root, tmp_path):
     (run_dir / "evaluations.csv").write_text("step,mean_return,std_return,normalized_score\n5000,1.0,0.0,7.0\n")
     (run_dir / "events.out.tfevents.old").write_text("old")
     r = run_script("baselines/td3_bc_continuous.py", "--env-id", "test/pendulum/energy-v0", "--run-name", "same-name",
-                   "--overwrite", "--total-timesteps", "4", "--eval-freq", "4", "--eval-episodes", "1",
+                   "--overwrite", "--total-timesteps", "4", "--eval-freq", "4", "--eval-episodes", "1", "--final-eval-episodes", "1",
                    "--batch-size", "16", "--hidden-dim", "16", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "5000" not in (run_dir / "evaluations.csv").read_text()
