@@ -4,8 +4,10 @@
 
 Run directories are named ENV__ALGO__SEED (benchmark.py) or ENV__ALGO__SEED__TIME (a plain script run); runs of
 the same (ALGO, ENV) are seeds of one cell. Writes OUT/results.md (one table of final scores and one of best scores,
-algorithm x dataset, mean +- std over seeds with the seed count, and a total row) and OUT/curves.png (one panel per
-dataset, one line per algorithm, mean and a +-std band over seeds).
+algorithm x dataset, mean +- std over seeds with the seed count, and a total row; then the robust aggregates of
+Agarwal et al. 2021 computed by rliable: IQM per algorithm and the probability that --reference improves on each other
+algorithm, with stratified-bootstrap CIs), OUT/curves.png (one panel per dataset, one line per algorithm, mean and a
++-std band over seeds) and OUT/profile.png (performance profiles).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import sys
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import tyro
@@ -24,7 +27,8 @@ PROTOCOL = (
     "Each evaluation runs the deterministic policy (tanh of the mean, or the deterministic actor) for the run's "
     "--eval-episodes episodes (default 10) and records the normalised score of the mean return, "
     "100 * (R - ref_min) / (ref_max - ref_min), or the raw mean return where the dataset has no reference scores. "
-    "final = the last evaluation of a run; best = the maximum over its evaluations (optimistic: it selects on the "
+    "final = the last evaluation of a run, which the scripts run on --final-eval-episodes episodes (default 100) and "
+    "mark final in evaluations.csv; best = the maximum over its evaluations (optimistic: it selects on the "
     "evaluation episodes). Cells give mean +- std (population std) over seeds, with the seed count."
 )
 
@@ -34,11 +38,16 @@ class Args:
     runs_dir: str = "runs"
     """the directory holding one sub-directory per run"""
     out: str = "results"
-    """where results.md and curves.png are written"""
+    """where results.md, curves.png and profile.png are written"""
+    reference: str = "misa_continuous"
+    """the algorithm whose probability of improving on each other one is reported"""
+    bootstrap_reps: int = 2000
+    """bootstrap resamples for the robust aggregates' confidence intervals (fixed random state: reproducible)"""
 
 
-def load_runs(runs_dir: Path) -> dict[tuple[str, str], dict[int, list[tuple[int, float]]]]:
-    """{(algo, env): {seed: [(step, score), ...]}}; the score is the normalised score, else the mean return."""
+def load_runs(runs_dir: Path, final_marks: Optional[dict] = None) -> dict[tuple[str, str], dict[int, list]]:
+    """{(algo, env): {seed: [(step, score), ...]}}; the score is the normalised score, else the mean return.
+    `final_marks`, if given, receives {(algo, env, seed): (episodes, marked final)} of each run's last row."""
     cells: dict = defaultdict(dict)
     for csv_path in sorted(runs_dir.glob("*/evaluations.csv")):
         parts = csv_path.parent.name.split("__")
@@ -51,6 +60,8 @@ def load_runs(runs_dir: Path) -> dict[tuple[str, str], dict[int, list[tuple[int,
         curve = [(int(r["step"]), float(r["normalized_score"] or r["mean_return"])) for r in rows]
         if curve:
             cells[(algo, env)][seed] = curve
+            if final_marks is not None:  # runs written before the final column existed have neither field
+                final_marks[(algo, env, seed)] = (rows[-1].get("episodes") or "?", rows[-1].get("final") == "1")
     return cells
 
 
@@ -90,6 +101,55 @@ def table(summary, algos, envs, which: str) -> str:
     return "\n".join(lines)
 
 
+def robust_aggregates(summary, algos, envs, reference: str, reps: int, profile_path: Path) -> str:
+    """Agarwal et al. (2021): the interquartile mean of final scores per algorithm and the probability that `reference`
+    improves on each other algorithm, with stratified-bootstrap 95% CIs (seeds resampled within each dataset), and a
+    performance-profile plot; computed by rliable."""
+    import warnings
+
+    from rliable import library as rly
+    from rliable import metrics, plot_utils
+
+    warnings.filterwarnings("ignore", category=FutureWarning, module="arch")  # arch's note on RandomState seeding
+
+    usable = [a for a in algos if all((a, e) in summary for e in envs)]
+    if not usable:
+        return "No algorithm has results on every dataset: robust aggregates skipped."
+    n = min(len(summary[(a, e)]["final"]) for a in usable for e in envs)
+    scores = {a: np.array([[summary[(a, e)]["final"][i] for e in envs] for i in range(n)]) for a in usable}
+    iqm, iqm_ci = rly.get_interval_estimates(scores, lambda x: np.array([metrics.aggregate_iqm(x)]), reps=reps,
+                                             random_state=np.random.RandomState(0))
+    lines = [f"Final scores of {n} seeds on each of {len(envs)} datasets (the first {n} seeds of each cell where cells "
+             f"differ); 95% stratified-bootstrap confidence intervals, {reps} resamples.", "",
+             "| algorithm | IQM [95% CI] |", "|---|---|"]
+    lines += [f"| {a} | {iqm[a][0]:.1f} [{iqm_ci[a][0][0]:.1f}, {iqm_ci[a][1][0]:.1f}] |" for a in usable]
+    others = [a for a in usable if a != reference]
+    if reference in usable and others:
+        pairs = {f"{reference} > {b}": (scores[reference], scores[b]) for b in others}
+        poi, poi_ci = rly.get_interval_estimates(pairs, metrics.probability_of_improvement, reps=reps,
+                                                 random_state=np.random.RandomState(0))
+        lines += ["", "| probability of improvement | P [95% CI] |", "|---|---|"]
+        lines += [f"| P({k}) | {float(poi[k]):.2f} [{poi_ci[k][0].item():.2f}, {poi_ci[k][1].item():.2f}] |"
+                  for k in pairs]
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    taus = np.linspace(min(0.0, min(v.min() for v in scores.values())), max(v.max() for v in scores.values()), 101)
+    np.random.seed(0)  # the profile's bootstrap takes no random state of its own
+    profiles, profile_cis = rly.create_performance_profile(scores, taus, reps=reps)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    plot_utils.plot_performance_profiles(profiles, taus, performance_profile_cis=profile_cis, ax=ax,
+                                         colors={a: f"C{algos.index(a)}" for a in usable},
+                                         xlabel="normalised score (τ)", ylabel="fraction of runs with score > τ")
+    ax.legend([plt.Line2D([], [], color=f"C{algos.index(a)}") for a in usable], usable, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(profile_path, dpi=120)
+    plt.close(fig)
+    return "\n".join(lines + ["", f"![performance profile]({profile_path.name})"])
+
+
 def plot(cells, algos, envs, path: Path) -> None:
     import matplotlib
 
@@ -123,7 +183,8 @@ def plot(cells, algos, envs, path: Path) -> None:
 
 
 def main(args: Args) -> int:
-    cells = load_runs(Path(args.runs_dir))
+    marks: dict = {}
+    cells = load_runs(Path(args.runs_dir), marks)
     if not cells:
         print(f"error: no runs/*/evaluations.csv under {args.runs_dir}", file=sys.stderr)
         return 2
@@ -132,13 +193,19 @@ def main(args: Args) -> int:
     envs = sorted({e for _, e in cells})
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    text = (f"# Results\n\n{PROTOCOL}\n\n## Final score (last evaluation)\n\n{table(summary, algos, envs, 'final')}\n\n"
+    marked = sum(final for _, final in marks.values())
+    episodes = sorted({str(n) for n, _ in marks.values()})
+    final_note = (f"{marked} of {len(marks)} runs end with an evaluation marked final; last evaluations ran "
+                  f"{' or '.join(episodes)} episodes.")
+    text = (f"# Results\n\n{PROTOCOL}\n\n## Final score (last evaluation)\n\n{final_note}\n\n"
+            f"{table(summary, algos, envs, 'final')}\n\n"
             f"## Best score (maximum over evaluations)\n\n{table(summary, algos, envs, 'best')}\n\n"
-            f"![learning curves](curves.png)\n")
+            f"![learning curves](curves.png)\n\n## Robust aggregates (final scores)\n\n"
+            f"{robust_aggregates(summary, algos, envs, args.reference, args.bootstrap_reps, out / 'profile.png')}\n")
     (out / "results.md").write_text(text)
     plot(cells, algos, envs, out / "curves.png")
     print(text)
-    print(f"wrote {out / 'results.md'} and {out / 'curves.png'}")
+    print(f"wrote {out / 'results.md'}, {out / 'curves.png'} and {out / 'profile.png'}")
     return 0
 
 

@@ -117,6 +117,27 @@ def test_report_means_stds_finals_bests_and_png(tmp_path):
     assert "deterministic policy" in text and "Best score" in text
 
 
+def test_report_robust_aggregates_iqm_probability_of_improvement_and_profile(tmp_path):
+    from scipy.stats import trim_mean
+
+    rng = np.random.default_rng(0)
+    runs = tmp_path / "runs"
+    finals = {"misa_continuous": rng.normal(70, 5, (4, 2)), "cql_continuous": rng.normal(50, 5, (4, 2))}
+    for algo, matrix in finals.items():
+        for seed in range(4):
+            for j, env in enumerate(["hopper-medium", "walker2d-medium"]):
+                write_run(runs, f"{env}__{algo}__{seed}", [10.0, matrix[seed, j]])
+    summary = report.summarize(report.load_runs(runs))
+    text = report.robust_aggregates(summary, sorted(finals), ["hopper-medium", "walker2d-medium"],
+                                    "misa_continuous", reps=200, profile_path=tmp_path / "profile.png")
+    iqm = trim_mean(finals["misa_continuous"].ravel(), 0.25)  # the mean of the middle half of all runs
+    row = next(line for line in text.splitlines() if line.startswith("| misa_continuous |"))
+    point, low, high = (float(x) for x in row.replace("[", " ").replace("]", " ").replace(",", " ").split("|")[2].split())
+    assert abs(point - iqm) < 0.05 and low <= point <= high
+    assert "P(misa_continuous > cql_continuous) | 1.00" in text  # every MISA score beats every CQL score
+    assert (tmp_path / "profile.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_ray_runs_two_jobs(tmp_path):
     pytest.importorskip("ray")
     head = subprocess.run(["ray", "start", "--head", "--node-ip-address", "127.0.0.1", "--port", "6390",
@@ -130,3 +151,28 @@ def test_ray_runs_two_jobs(tmp_path):
         assert len(list((tmp_path / "runs").glob("toy__fake_algo__*/evaluations.csv"))) == 2
     finally:
         subprocess.run(["ray", "stop", "--force"], capture_output=True, timeout=120)
+
+
+def test_representation_picture_from_misa_and_cql_checkpoints(datasets_root, tmp_path):
+    from conftest import run_script
+
+    tiny = ["--env-id", "test/pendulum/energy-v0", "--total-timesteps", "4", "--eval-freq", "4", "--eval-episodes", "1",
+            "--final-eval-episodes", "1", "--batch-size", "16", "--hidden-dim", "16", "--save-model"]
+    for script, extra in (("misa_continuous.py", ["--num-mc-samples", "2", "--mcmc-burnin", "1"]),
+                          ("baselines/cql_continuous.py", [])):
+        r = run_script(script, *tiny, *extra, cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+    checkpoints = sorted(str(p) for p in (tmp_path / "runs").glob("*/checkpoint.pt"))
+    assert len(checkpoints) == 2
+    out = tmp_path / "representation.png"
+    r = run_script("tools/plot_representation.py", *checkpoints, "--out", str(out), "--num-samples", "120",
+                   cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    sys.path.insert(0, str(ROOT / "tools"))
+    import plot_representation
+
+    features, rewards, title = plot_representation.critic_features(checkpoints[0], 50, seed=0)
+    assert features.shape == (50, 16) and rewards.shape == (50,) and "on test/pendulum/energy-v0, step 4" in title
+    r = run_script("tools/plot_representation.py", str(tmp_path / "missing.pt"), cwd=tmp_path)
+    assert r.returncode == 2 and "no such checkpoint" in r.stderr and "Traceback" not in r.stderr
