@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# The results grid of docs/results.md: build the datasets in parallel over the CPU cores, run every script on every
+# dataset for SEEDS seeds at one gradient-step budget, then make the tables, curves and robust aggregates.
+#
+#   STEPS=300000 SEEDS=3 bash benchmarks/results_grid.sh                         # the full grid (needs a GPU)
+#   STEPS=20 EVAL_FREQ=10 SEEDS=1 ENVS=hopper-medium-replay FINAL_EPISODES=2 bash benchmarks/results_grid.sh  # dry run
+#
+# Every knob is an environment variable (defaults below). Runs land in $OUT/runs/ENV__SCRIPT__SEED (benchmark.py's
+# names; rerunning continues finished or checkpointed runs with --resume), their evaluations.csv files are copied to
+# $OUT/csv/ for committing under docs/results/runs/, and benchmarks/report.py writes $OUT/report/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+STEPS=${STEPS:-300000}            # gradient steps of every run, the same for all four algorithms
+EVAL_FREQ=${EVAL_FREQ:-10000}     # periodic evaluations (10 episodes each); the last one runs FINAL_EPISODES
+FINAL_EPISODES=${FINAL_EPISODES:-100}
+SEEDS=${SEEDS:-3}
+ENVS=${ENVS:-"halfcheetah-medium halfcheetah-medium-replay halfcheetah-medium-expert hopper-medium hopper-medium-replay hopper-medium-expert walker2d-medium walker2d-medium-replay walker2d-medium-expert"}
+SCRIPTS=${SCRIPTS:-"baselines/td3_bc_continuous.py baselines/iql_continuous.py baselines/cql_continuous.py misa_continuous.py"}
+WORKERS=${WORKERS:-2}             # runs at a time (on one GPU they share it; CUDA MPS helps them overlap)
+OUT=${OUT:-results-grid}
+PY=${PY:-python3}
+mkdir -p "$OUT/logs" "$OUT/csv"
+
+# 1. Datasets: the parts first, all at once (one process and one thread each), then the medium-expert unions.
+start=$(date +%s)
+parts=() unions=()
+for env in $ENVS; do
+  case $env in
+    *-medium-expert) base=${env%-medium-expert}; parts+=("$base-medium" "$base-expert"); unions+=("$env") ;;
+    *) parts+=("$env") ;;
+  esac
+done
+for name in $(printf '%s\n' "${parts[@]}" | sort -u); do
+  OMP_NUM_THREADS=1 $PY tools/make_dataset.py "$name" --workers 1 ${DATASET_STEPS:+--num-steps $DATASET_STEPS} \
+    > "$OUT/logs/build-$name.log" 2>&1 &
+done
+wait
+for name in ${unions[@]+"${unions[@]}"}; do
+  OMP_NUM_THREADS=1 $PY tools/make_dataset.py "$name" ${DATASET_STEPS:+--num-steps $DATASET_STEPS} \
+    > "$OUT/logs/build-$name.log" 2>&1
+done
+echo "datasets ready in $(( $(date +%s) - start )) s"
+
+# 2. The grid, one benchmark.py call per script with its fastest mode on a GPU (docs/performance.md).
+common="--total-timesteps $STEPS --eval-freq $EVAL_FREQ --final-eval-episodes $FINAL_EPISODES"
+for script in $SCRIPTS; do
+  mode=""
+  if $PY -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+    case $script in
+      *cql_continuous.py) mode="--cuda-graphs on" ;;
+      *) mode="--compile" ;;
+    esac
+  fi
+  t0=$(date +%s)
+  # shellcheck disable=SC2086
+  $PY benchmark.py --scripts "$script" --env-ids $ENVS --num-seeds "$SEEDS" --workers "$WORKERS" --resume \
+    --output-dir "$OUT" --extra-args="$common $mode" || echo "some runs of $script failed: see $OUT/runs/logs"
+  echo "$script: $(( $(date +%s) - t0 )) s for $SEEDS seeds x $(wc -w <<< "$ENVS") datasets at $STEPS steps"
+done
+
+# 3. What to commit and the report.
+for csv in "$OUT"/runs/*/evaluations.csv; do
+  cp "$csv" "$OUT/csv/$(basename "$(dirname "$csv")").csv"
+done
+mkdir -p "$OUT/report/runs"
+for csv in "$OUT"/csv/*.csv; do
+  name=$(basename "$csv" .csv)
+  mkdir -p "$OUT/report/runs/$name" && cp "$csv" "$OUT/report/runs/$name/evaluations.csv"
+done
+$PY benchmarks/report.py --runs-dir "$OUT/report/runs" --out "$OUT/report"
