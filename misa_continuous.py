@@ -358,9 +358,9 @@ def make_eval_env(dataset, env_id: str) -> gym.Env:
     try:
         env = dataset.recover_environment(eval_env=True)
     except Exception as e:
-        known = (" FrankaKitchen-v1 does not build with gymnasium-robotics 1.4.2 on MuJoCo 3.x (its joint-type check "
-                 "compares a MuJoCo enum with a NumPy integer), so Kitchen datasets cannot be evaluated yet."
-                 if spec is not None and "Kitchen" in spec.id else "")
+        known = (" FrankaKitchen-v1 does not build with gymnasium-robotics 1.4.2 on MuJoCo 3.12 or newer (its joint-type "
+                 "check compares a MuJoCo enum with a NumPy integer): install requirements.txt, which keeps MuJoCo "
+                 "below 3.12" if spec is not None and "Kitchen" in spec.id else "")
         fail(f"cannot build the evaluation env of {env_id}: {type(e).__name__}: {e}.{known}")
     space = dataset.observation_space
     if isinstance(space, gym.spaces.Dict):
