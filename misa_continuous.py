@@ -84,6 +84,9 @@ class Args:
     cuda_graphs: Literal["auto", "on", "off"] = "auto"
     """capture the whole training step (minibatch sampling, losses, gradients, optimiser and target updates) in a
     CUDA graph and replay it, which removes the per-kernel launch cost; auto: on with --compile on CUDA. CUDA only"""
+    tf32: bool = False
+    """allow TF32 matrix products on CUDA (faster on Ampere and newer GPUs, with 10 mantissa bits; JAX's default there);
+    off until a GPU ablation shows that learning is unchanged (docs/performance.md). No effect on the CPU"""
 
     env_id: str = "walker2d-medium"
     """a Minari dataset id (e.g. mujoco/walker2d/medium-v0) or a short D4RL-style name (e.g. hopper-medium-replay)"""
@@ -888,6 +891,7 @@ def main(args: Args) -> None:
     torch.manual_seed(args.seed)
     torch.backends.cudnn.deterministic = args.torch_deterministic
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = args.tf32
     if args.cuda_graphs == "on" and device.type != "cuda":
         fail("--cuda-graphs on needs a CUDA device (none is available, or --no-cuda was given); "
              "use --cuda-graphs auto or off")

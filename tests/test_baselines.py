@@ -185,9 +185,8 @@ def test_the_last_evaluation_is_the_long_one_and_is_marked_final(datasets_root, 
 
 
 def test_help_lists_the_shared_flags(tmp_path):
-    for script in SCRIPTS:
+    for script in [*SCRIPTS, "misa_continuous.py"]:
         out = run_script(script, "--help", cwd=tmp_path, timeout=60).stdout
         for flag in ("--env-id", "--seed", "--total-timesteps", "--eval-freq", "--eval-episodes", "--final-eval-episodes",
-                     "--batch-size",
-                     "--save-model", "--resume"):
+                     "--batch-size", "--tf32", "--overwrite", "--save-model", "--resume"):
             assert flag in out, (script, flag)
