@@ -101,6 +101,16 @@ def table(summary, algos, envs, which: str) -> str:
     return "\n".join(lines)
 
 
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def robust_aggregates(summary, algos, envs, reference: str, reps: int, profile_path: Path) -> str:
     """Agarwal et al. (2021): the interquartile mean of final scores per algorithm and the probability that `reference`
     improves on each other algorithm, with stratified-bootstrap 95% CIs (seeds resampled within each dataset), and a
@@ -131,11 +141,7 @@ def robust_aggregates(summary, algos, envs, reference: str, reps: int, profile_p
         lines += ["", "| probability of improvement | P [95% CI] |", "|---|---|"]
         lines += [f"| P({k}) | {float(poi[k]):.2f} [{poi_ci[k][0].item():.2f}, {poi_ci[k][1].item():.2f}] |"
                   for k in pairs]
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     taus = np.linspace(min(0.0, min(v.min() for v in scores.values())), max(v.max() for v in scores.values()), 101)
     np.random.seed(0)  # the profile's bootstrap takes no random state of its own
     profiles, profile_cis = rly.create_performance_profile(scores, taus, reps=reps)
@@ -151,10 +157,7 @@ def robust_aggregates(summary, algos, envs, reference: str, reps: int, profile_p
 
 
 def plot(cells, algos, envs, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     cols = min(3, len(envs))
     rows = math.ceil(len(envs) / cols)

@@ -81,7 +81,8 @@ def stack_observations(observations: list):
 
 
 def robotics_episodes(env_id: str, num_episodes: int, seed: int, max_steps: int = 30):
-    """Random-action episodes of a gymnasium-robotics env (AntMaze, PointMaze, Adroit), dict observations kept."""
+    """Random-action episodes of a gymnasium-robotics env (AntMaze, PointMaze, Adroit, Kitchen), dict observations
+    kept."""
     import gymnasium_robotics
 
     gym.register_envs(gymnasium_robotics)

@@ -173,10 +173,11 @@ def group_count(num_envs: int, workers: int) -> int:
 
 def collect(env_id: str, policy: Actor, num_steps: int, seed: int, num_envs: int, workers: int, desc: str):
     """Step `num_envs` envs in lockstep with stochastic policy actions until `num_steps` transitions exist.
-    The envs are split into equal groups, one per worker process (gymnasium's AsyncVectorEnv), or stepped in this
-    process with workers = 1; the data are the same either way. Returns EpisodeBuffers in the order the episodes
-    finished (env index order within a step); episodes still running at the end are truncated."""
-    from gymnasium.vector import AsyncVectorEnv, AutoresetMode
+    The envs are split into equal groups, one per worker process (gymnasium's AsyncVectorEnv), or form one group
+    stepped in this process (SyncVectorEnv) with workers = 1; the data are the same either way. Returns EpisodeBuffers
+    in the order the episodes finished (env index order within a step); episodes still running at the end are
+    truncated."""
+    from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv
     from minari.data_collector import EpisodeBuffer
 
     def new_episode(first_obs):
@@ -190,24 +191,16 @@ def collect(env_id: str, policy: Actor, num_steps: int, seed: int, num_envs: int
     torch.manual_seed(seed)
     groups = group_count(num_envs, workers)
     size = num_envs // groups
-    if groups == 1:
-        envs = EnvGroup(env_id, 0, num_envs, os.getpid())
-    else:
-        make = [functools.partial(EnvGroup, env_id, g * size, size, os.getpid()) for g in range(groups)]
-        envs = AsyncVectorEnv(make, autoreset_mode=AutoresetMode.DISABLED)
+    make = [functools.partial(EnvGroup, env_id, g * size, size, os.getpid()) for g in range(groups)]
+    # One group steps in this process; several step in worker processes. Either way the batch is (groups, size, ...).
+    envs = (AsyncVectorEnv if groups > 1 else SyncVectorEnv)(make, autoreset_mode=AutoresetMode.DISABLED)
 
     def reset(seeds: list, mask: np.ndarray) -> np.ndarray:
         """Resets the envs in `mask` with their `seeds`; returns every env's current observation."""
-        options = {"reset_mask_all": mask}
-        if groups == 1:
-            return envs.reset(seed=seeds, options=options)[0]
         per_group = [seeds[g * size:(g + 1) * size] for g in range(groups)]
-        return envs.reset(seed=per_group, options=options)[0].reshape(num_envs, -1)
+        return envs.reset(seed=per_group, options={"reset_mask_all": mask})[0].reshape(num_envs, -1)
 
     def step(actions: np.ndarray):
-        if groups == 1:
-            obs, _, _, _, info = envs.step(actions)
-            return obs, info["rewards"], info["terminations"], info["truncations"]
         obs, _, _, _, info = envs.step(actions.reshape(groups, size, -1))
         return (obs.reshape(num_envs, -1), *(info[k].reshape(num_envs) for k in ("rewards", "terminations",
                                                                                 "truncations")))
@@ -247,7 +240,7 @@ def collect(env_id: str, policy: Actor, num_steps: int, seed: int, num_envs: int
     except BaseException:  # interrupted, perhaps mid-step: end the workers at once, without waiting on them
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            envs.close(terminate=True) if groups > 1 else envs.close()
+            envs.close(terminate=True)
         raise
     envs.close()
     for ep in current:  # cut at the budget, like D4RL's timeouts at 1M
@@ -392,7 +385,6 @@ def main(args: Args) -> None:
         print(f"\ninterrupted: {dataset_id} was not built, and nothing half-built was kept; run the same command "
               f"again to build it", file=sys.stderr)
         sys.exit(130)
-
 
 
 if __name__ == "__main__":

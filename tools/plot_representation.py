@@ -10,7 +10,6 @@ them), and the first critic's last hidden layer is embedded by scikit-learn's t-
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,9 +19,11 @@ import torch
 import torch.nn.functional as F
 import tyro
 
-ROOT = Path(__file__).resolve().parent.parent
-SCRIPTS = {"misa_continuous": (ROOT / "misa_continuous.py", "MISA"),
-           "cql_continuous": (ROOT / "baselines" / "cql_continuous.py", "CQL")}
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+import throughput  # noqa: E402  (its script loader and agent builder)
+
+# checkpoint args' exp_name -> (script path, agent class), for the two algorithms the paper's picture compares
+SCRIPTS = {path.stem: (path, cls) for path, cls in throughput.SCRIPTS.values() if cls in ("MISA", "CQL")}
 
 
 @dataclass
@@ -44,14 +45,6 @@ def fail(message: str) -> None:
     sys.exit(2)
 
 
-def load_script(path: Path):
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[path.stem] = module  # dataclasses look their module up here
-    spec.loader.exec_module(module)
-    return module
-
-
 def critic_features(checkpoint: str, num_samples: int, seed: int) -> tuple[np.ndarray, np.ndarray, str]:
     """(features (N, hidden) of the first critic's last hidden layer, rewards (N,), panel title)."""
     try:
@@ -63,18 +56,13 @@ def critic_features(checkpoint: str, num_samples: int, seed: int) -> tuple[np.nd
     if name not in SCRIPTS:
         fail(f"{checkpoint}: written by {name!r}; this tool reads {', '.join(SCRIPTS)} checkpoints")
     path, cls_name = SCRIPTS[name]
-    module = load_script(path)
+    module = throughput.load(path)
     args = module.Args(**saved)
     dataset, data = module.read_transitions(args.env_id, args.action_clip)
     obs_dim, act_dim = data["obs"].shape[1], data["actions"].shape[1]
-    if cls_name == "MISA":
-        agent, obs = module.MISA(args, obs_dim, act_dim, torch.device("cpu")), data["obs"]
-    else:
-        agent = module.CQL(args, obs_dim, act_dim, torch.device("cpu"), np.zeros(obs_dim, np.float32),
-                           np.ones(obs_dim, np.float32))
-    agent.load_state_dict(blob["agent"])
-    if cls_name == "CQL":  # the critic saw states normalised with the run's statistics
-        obs = (data["obs"] - agent.obs_mean.numpy()) / agent.obs_std.numpy()
+    agent = throughput.make_agent(module, cls_name, args, obs_dim, act_dim, torch.device("cpu"))
+    agent.load_state_dict(blob["agent"])  # CQL's holds the run's state statistics, which its critic saw
+    obs = data["obs"] if cls_name == "MISA" else (data["obs"] - agent.obs_mean.numpy()) / agent.obs_std.numpy()
     idx = np.random.default_rng(seed).choice(len(obs), size=min(num_samples, len(obs)), replace=False)
     x = torch.as_tensor(np.concatenate([obs[idx], data["actions"][idx]], -1), dtype=torch.float32)
     net = agent.critic.net
