@@ -3,11 +3,14 @@
     python benchmark.py --scripts misa_continuous.py baselines/td3_bc_continuous.py \
         --env-ids hopper-medium walker2d-medium --num-seeds 3 --workers 2
     python benchmark.py ... --extra-args="--total-timesteps 20000 --eval-freq 5000" --resume
-    python benchmark.py ... --ray-address auto            # one Ray task per run on an existing cluster
+    python benchmark.py ... --ray-address auto            # one Ray task per process on an existing cluster
+    python benchmark.py ... --num-seeds 5 --seeds-per-process 5   # the 5 seeds of a pair in one process (GPU)
 
-Each run is one subprocess, `python SCRIPT --env-id ENV --seed N --run-name NAME [extra args]`, with the
-deterministic name ENV__SCRIPT__SEED, so its outputs land in runs/NAME/ and a rerun finds them. Logs go to
-runs/logs/NAME.log. A failed run is reported with its log and the others go on. A grid whose runs already have
+Each run has the deterministic name ENV__SCRIPT__SEED, so its outputs land in runs/NAME/ and a rerun finds them. By
+default each run is one subprocess, `python SCRIPT --env-id ENV --seed N --run-name NAME [extra args]`, logging to
+runs/logs/NAME.log; with --seeds-per-process K, up to K consecutive seeds of one (script, dataset) pair train in one
+subprocess with the scripts' --num-seeds (`--seed N --num-seeds K --run-name ENV__SCRIPT__{seed}`: the same run names),
+logging to runs/logs/ENV__SCRIPT__N-M.log. A failed process is reported with its log and the others go on. A grid whose runs already have
 results is refused unless --resume (skip the finished runs, continue those with a checkpoint) or --overwrite is given.
 Local runs share the cores: each gets OMP_NUM_THREADS = cores / --workers. Then `python benchmarks/report.py`
 makes the tables.
@@ -40,8 +43,12 @@ class Args:
     """seeds per (script, dataset)"""
     start_seed: int = 1
     """the first seed; seeds are start-seed .. start-seed + num-seeds - 1"""
+    seeds_per_process: int = 1
+    """train up to this many consecutive seeds of one (script, dataset) pair together in one process, with the
+    scripts' --num-seeds (one batched step for all of them: what a GPU wants); the run names stay the same. Keep the
+    same value when resuming a grid: a resumed process continues the seeds it was started with"""
     workers: int = 1
-    """runs at a time on this machine (ignored with --ray-address)"""
+    """processes at a time on this machine (ignored with --ray-address)"""
     extra_args: str = ""
     """one string of flags passed to every run; write it with "=", e.g. --extra-args="--total-timesteps 20000" """
     ray_address: Optional[str] = None
@@ -53,7 +60,7 @@ class Args:
     """rerun runs whose directory already exists from scratch, deleting their results (passes --overwrite); without
     this or --resume such a grid is refused, so that no earlier result is lost"""
     threads_per_run: Optional[int] = None
-    """torch (OpenMP) threads of each local run, set as OMP_NUM_THREADS; default: the machine's cores divided by
+    """torch (OpenMP) threads of each local process, set as OMP_NUM_THREADS; default: the machine's cores divided by
     --workers, at least 1, so that concurrent runs do not oversubscribe the cores (ignored with --ray-address,
     where Ray sets it from each task's one CPU)"""
     output_dir: str = "."
@@ -72,7 +79,15 @@ class Run:
     total_timesteps: int
 
 
-def run_name(script: str, env_id: str, seed: int) -> str:
+@dataclass
+class Job:
+    """One subprocess: one run, or several consecutive seeds of one (script, dataset) pair (--num-seeds)."""
+    runs: list[Run]
+    name: str
+    command: list[str]
+
+
+def run_name(script: str, env_id: str, seed) -> str:
     return f"{env_id.replace('/', '-')}__{Path(script).stem}__{seed}"
 
 
@@ -132,8 +147,47 @@ def threads_per_run(workers: int, requested: Optional[int]) -> int:
     return requested if requested is not None else max(1, (os.cpu_count() or 1) // workers)
 
 
-def run_local(todo: list[Run], workers: int, threads: int, output_dir: Path, on_done) -> None:
-    # Each run gets its share of the cores: two torch processes with a full thread pool each on the same cores
+def make_jobs(runs: list[Run], states: dict[str, str], args: Args, output_dir: Path) -> list[Job]:
+    """The processes to start: runs to redo, in chunks of up to --seeds-per-process consecutive seeds of one
+    (script, dataset) pair that are all continued from checkpoints (--resume of the first: the script continues the
+    seeds it was started with) or all started afresh (--overwrite where a member left something behind)."""
+    extra = shlex.split(args.extra_args)
+    jobs, chunk = [], []
+
+    def resumes(run: Run) -> bool:
+        return args.resume and states[run.name] == "checkpoint"
+
+    def close_chunk() -> None:
+        if not chunk:
+            return
+        first, last = chunk[0], chunk[-1]
+        if resumes(first):
+            command = [*first.command[:2], "--resume", str(output_dir / "runs" / first.name / "checkpoint.pt"), *extra]
+        elif len(chunk) == 1:
+            command = list(first.command)
+        else:
+            command = [*first.command[:2], "--env-id", first.env_id, "--seed", str(first.seed), "--num-seeds",
+                       str(len(chunk)), "--run-name", run_name(first.script, first.env_id, "{seed}"), *extra]
+        if not resumes(first) and any(states[r.name] != "new" for r in chunk):
+            command.append("--overwrite")
+        name = first.name if len(chunk) == 1 else run_name(first.script, first.env_id, f"{first.seed}-{last.seed}")
+        jobs.append(Job(list(chunk), name, command))
+        chunk.clear()
+
+    for run in runs:
+        if args.resume and states[run.name] == "complete":
+            close_chunk()
+            continue
+        if chunk and (len(chunk) == args.seeds_per_process or (run.script, run.env_id) != (chunk[-1].script, chunk[-1].env_id)
+                      or run.seed != chunk[-1].seed + 1 or resumes(run) != resumes(chunk[-1])):
+            close_chunk()
+        chunk.append(run)
+    close_chunk()
+    return jobs
+
+
+def run_local(todo: list[Job], workers: int, threads: int, output_dir: Path, on_done) -> None:
+    # Each process gets its share of the cores: two torch processes with a full thread pool each on the same cores
     # slow each other down far below half speed (measured: docs/performance.md).
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     with ThreadPoolExecutor(max_workers=workers) as pool:  # threads only wait: the work is in subprocesses
@@ -143,7 +197,7 @@ def run_local(todo: list[Run], workers: int, threads: int, output_dir: Path, on_
             on_done(futures[future], future.result())
 
 
-def run_ray(todo: list[Run], address: str, output_dir: Path, on_done) -> None:
+def run_ray(todo: list[Job], address: str, output_dir: Path, on_done) -> None:
     try:
         import ray
     except ImportError:
@@ -160,8 +214,8 @@ def run_ray(todo: list[Run], address: str, output_dir: Path, on_done) -> None:
 
 
 def main(args: Args) -> int:
-    if args.num_seeds < 1 or args.workers < 1:
-        sys.exit("error: --num-seeds and --workers must be >= 1")
+    if args.num_seeds < 1 or args.workers < 1 or args.seeds_per_process < 1:
+        sys.exit("error: --num-seeds, --seeds-per-process and --workers must be >= 1")
     if args.threads_per_run is not None and args.threads_per_run < 1:
         sys.exit(f"error: --threads-per-run must be >= 1, got {args.threads_per_run}")
     for script in args.scripts:
@@ -175,20 +229,12 @@ def main(args: Args) -> int:
         sys.exit(f"error: {len(existing)} runs of this grid already have results under {output_dir / 'runs'} "
                  f"(e.g. {existing[0]}); continue them with --resume, or start them afresh with --overwrite "
                  f"(deletes their results)")
-    todo = []
-    for r in runs:
-        state = states[r.name]
-        if args.resume and state == "complete":
-            continue
-        if args.resume and state == "checkpoint":
-            checkpoint = output_dir / "runs" / r.name / "checkpoint.pt"
-            r.command = [*r.command[:2], "--resume", str(checkpoint), *shlex.split(args.extra_args)]
-        elif state != "new":
-            r.command = [*r.command, "--overwrite"]
-        todo.append(r)
-    resumed = sum(1 for r in todo if "--resume" in r.command)
-    print(f"{len(runs)} runs in the grid, {len(runs) - len(todo)} already complete, {len(todo)} to run"
-          + (f" ({resumed} continued from their checkpoints)" if resumed else ""))
+    todo = make_jobs(runs, states, args, output_dir)
+    to_run = sum(len(job.runs) for job in todo)
+    resumed = sum(len(job.runs) for job in todo if "--resume" in job.command)
+    print(f"{len(runs)} runs in the grid, {len(runs) - to_run} already complete, {to_run} to run"
+          + (f" ({resumed} continued from their checkpoints)" if resumed else "")
+          + (f" in {len(todo)} processes" if len(todo) != to_run else ""))
     threads = threads_per_run(args.workers, args.threads_per_run)
     if args.dry_run:
         for r in todo:
@@ -197,24 +243,25 @@ def main(args: Args) -> int:
     from tqdm import tqdm
 
     failed = []
-    bar = tqdm(total=len(todo), desc="benchmark", unit="run")
+    bar = tqdm(total=to_run, desc="benchmark", unit="run")
     start = time.time()
 
-    def on_done(run: Run, returncode: int) -> None:
-        log = output_dir / "runs" / "logs" / f"{run.name}.log"
+    def on_done(job: Job, returncode: int) -> None:
+        log = output_dir / "runs" / "logs" / f"{job.name}.log"
+        names = ", ".join(r.name for r in job.runs)
         if returncode != 0:
-            failed.append((run, log))
-            tqdm.write(f"FAILED {run.name} (exit {returncode}); log: {log}")
+            failed.extend((r, log) for r in job.runs)
+            tqdm.write(f"FAILED {names} (exit {returncode}); log: {log}")
         else:
-            tqdm.write(f"done   {run.name}")
-        bar.update(1)
+            tqdm.write(f"done   {names}")
+        bar.update(len(job.runs))
 
     if args.ray_address:
         run_ray(todo, args.ray_address, output_dir, on_done)
     else:
         run_local(todo, args.workers, threads, output_dir, on_done)
     bar.close()
-    print(f"{len(todo) - len(failed)} of {len(todo)} runs succeeded in {time.time() - start:.0f} s")
+    print(f"{to_run - len(failed)} of {to_run} runs succeeded in {time.time() - start:.0f} s")
     for run, log in failed:
         print(f"  failed: {run.name}: {log}")
     return 1 if failed else 0

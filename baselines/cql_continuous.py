@@ -33,7 +33,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Literal, Optional
 from urllib.parse import urlparse
@@ -54,6 +54,10 @@ class Args:
     """the name of this experiment (part of the run name)"""
     seed: int = 1
     """seed of python, numpy, torch and the evaluation envs"""
+    num_seeds: int = 1
+    """train this many independent agents, seeds --seed .. --seed + num-seeds - 1, in one process and one batched
+    training step (the dataset is shared on the device); each seed writes the run directory, evaluations.csv,
+    TensorBoard scalars and checkpoint that a one-seed run of that seed would write"""
     torch_deterministic: bool = True
     """sets torch.backends.cudnn.deterministic"""
     cuda: bool = True
@@ -70,8 +74,9 @@ class Args:
     """path of a checkpoint.pt to continue; hyperparameters come from the checkpoint, and only --total-timesteps,
     --save-model, --track and --cuda are taken from the command line"""
     run_name: Optional[str] = None
-    """name of the run directory under runs/ (default <env-id>__<exp-name>__<seed>__<unix time>); a directory that
-    already holds a run is refused unless --overwrite is given"""
+    """name of the run directory under runs/ (default <env-id>__<exp-name>__<seed>__<unix time>); "{seed}" in it is
+    replaced by each agent's seed, and is required with --num-seeds > 1; a directory that already holds a run is
+    refused unless --overwrite is given"""
     overwrite: bool = False
     """delete an existing run directory of the same name and start afresh (without it, such a run is refused)"""
     compile: bool = False
@@ -158,6 +163,7 @@ DOMAIN_PRESETS: dict[str, dict] = {
 
 def validate_args(args: Args) -> None:
     checks = [
+        ("num-seeds", args.num_seeds >= 1, "an integer >= 1"),
         ("total-timesteps", args.total_timesteps >= 1, "an integer >= 1"),
         ("eval-freq", args.eval_freq >= 1, "an integer >= 1"),
         ("eval-episodes", args.eval_episodes >= 1, "an integer >= 1"),
@@ -377,6 +383,17 @@ def make_eval_env(dataset, env_id: str) -> gym.Env:
     return env
 
 
+def make_eval_envs(dataset, env_id: str, num_envs: int, asynchronous: bool) -> gym.vector.VectorEnv:
+    """`num_envs` evaluation envs stepped together by gymnasium.vector, with autoreset off: `evaluate` resets each env
+    itself when its episode ends, with the seed of the episode it runs next. `asynchronous` steps each env in a worker
+    process of its own (forked, so nothing is pickled), which pays where the machine has cores to spare."""
+    make_eval_env(dataset, env_id).close()  # built here once first, so that an env that cannot be built is one line
+    env_fns = [lambda: make_eval_env(dataset, env_id)] * num_envs
+    if asynchronous:
+        return gym.vector.AsyncVectorEnv(env_fns, context="fork", autoreset_mode=gym.vector.AutoresetMode.DISABLED)
+    return gym.vector.SyncVectorEnv(env_fns, autoreset_mode=gym.vector.AutoresetMode.DISABLED)
+
+
 def reference_scores(dataset) -> tuple[Optional[float], Optional[float], str]:
     """(min, max, source) for the normalised score: the dataset's own, else D4RL's for the three locomotion envs."""
     meta = dataset.storage.metadata
@@ -418,54 +435,58 @@ def apply_dataset_presets(args: Args) -> list[str]:
 # ----------------------------------------------------------------------------------------------------------------------
 # Networks
 class EnsembleMLP(nn.Module):
-    """`num_members` independent ReLU MLPs stored as stacked weights and evaluated together by batched matmuls.
+    """Independent ReLU MLPs, one per member, stored as stacked weights (*members, in, out) and evaluated together by
+    batched matmuls: members is (S,) for the actors of S agents, (S, 2) for their twin critics.
     Orthogonal initialisation: gain sqrt(2) for hidden layers, 1e-2 for the output layer; biases zero."""
 
-    def __init__(self, in_dim: int, out_dim: int, hidden: int, layers: int, num_members: int = 1):
+    def __init__(self, in_dim: int, out_dim: int, hidden: int, layers: int, members: tuple[int, ...]):
         super().__init__()
         dims = [in_dim] + [hidden] * layers + [out_dim]
         self.weights, self.biases = nn.ParameterList(), nn.ParameterList()
         for i, (fan_in, fan_out) in enumerate(zip(dims[:-1], dims[1:])):
-            w = torch.empty(num_members, fan_in, fan_out)
-            for m in range(num_members):
-                nn.init.orthogonal_(w[m], gain=math.sqrt(2) if i < layers else 1e-2)
+            w = torch.empty(*members, fan_in, fan_out)
+            for m in w.view(-1, fan_in, fan_out):  # each member's matrix in turn
+                nn.init.orthogonal_(m, gain=math.sqrt(2) if i < layers else 1e-2)
             self.weights.append(nn.Parameter(w))
-            self.biases.append(nn.Parameter(torch.zeros(num_members, 1, fan_out)))
+            self.biases.append(nn.Parameter(torch.zeros(*members, 1, fan_out)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (N, in), shared by all members; returns (members, N, out)."""
+        """x: (*members, N, in), or a shape that broadcasts to it; returns (*members, N, out)."""
         for i, (w, b) in enumerate(zip(self.weights, self.biases)):
-            x = torch.baddbmm(b, x, w) if x.dim() == 3 else torch.matmul(x, w) + b
+            x = torch.matmul(x, w) + b
             if i < len(self.weights) - 1:
                 x = F.relu(x)
         return x
 
 
 class TwinCritic(nn.Module):
-    """Q1 and Q2 on concat(s, a), evaluated in one batched call: (..., obs), (..., act) -> (2, ...)."""
+    """Q1 and Q2 on concat(s, a) for S agents, evaluated in one batched call."""
 
-    def __init__(self, obs_dim: int, act_dim: int, hidden: int, layers: int):
+    def __init__(self, obs_dim: int, act_dim: int, hidden: int, layers: int, num_agents: int):
         super().__init__()
-        self.net = EnsembleMLP(obs_dim + act_dim, 1, hidden, layers, num_members=2)
+        self.net = EnsembleMLP(obs_dim + act_dim, 1, hidden, layers, members=(num_agents, 2))
 
     def forward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+        """obs (S, ..., obs_dim), act (S, ..., act_dim) -> Q values (2, S, ...): the critic index first, so that
+        min(0) is the twin minimum."""
         lead = obs.shape[:-1]
-        x = torch.cat([obs, act], -1).reshape(-1, obs.shape[-1] + act.shape[-1])
-        return self.net(x).reshape(2, *lead)
+        x = torch.cat([obs, act], -1).reshape(lead[0], 1, -1, obs.shape[-1] + act.shape[-1])  # both critics see x
+        return self.net(x).reshape(lead[0], 2, *lead[1:]).movedim(1, 0)
 
 
 class Actor(nn.Module):
-    """Tanh-squashed Gaussian: MLP(s) -> (mean, raw); log_std = clip(m * raw + c, -20, 2) with trainable scalars
-    m (init 1) and c (init -1)."""
+    """Tanh-squashed Gaussian for S agents: MLP(s) -> (mean, raw); log_std = clip(m * raw + c, -20, 2) with trainable
+    scalars m (init 1) and c (init -1) per agent."""
 
-    def __init__(self, obs_dim: int, act_dim: int, hidden: int, layers: int):
+    def __init__(self, obs_dim: int, act_dim: int, hidden: int, layers: int, num_agents: int):
         super().__init__()
-        self.net = EnsembleMLP(obs_dim, 2 * act_dim, hidden, layers)
-        self.log_std_multiplier = nn.Parameter(torch.ones(()))
-        self.log_std_offset = nn.Parameter(torch.full((), -1.0))
+        self.net = EnsembleMLP(obs_dim, 2 * act_dim, hidden, layers, members=(num_agents,))
+        self.log_std_multiplier = nn.Parameter(torch.ones(num_agents, 1, 1))
+        self.log_std_offset = nn.Parameter(torch.full((num_agents, 1, 1), -1.0))
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mean, raw = self.net(obs)[0].chunk(2, -1)
+        """obs (S, B, obs_dim) -> mean and log_std (S, B, act_dim)."""
+        mean, raw = self.net(obs).chunk(2, -1)
         return mean, (self.log_std_multiplier * raw + self.log_std_offset).clamp(-20.0, 2.0)
 
 
@@ -476,25 +497,31 @@ def tanh_gaussian_log_prob(pre_tanh: torch.Tensor, mean: torch.Tensor, log_std: 
     return gaussian - (2 * (math.log(2.0) - pre_tanh - F.softplus(-2 * pre_tanh))).sum(-1)
 
 
-def sample_actions(mean: torch.Tensor, log_std: torch.Tensor, shape: tuple = ()) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reparameterised samples (shape + mean.shape) and their log-probs."""
-    u = mean + torch.exp(log_std) * torch.randn(shape + mean.shape, device=mean.device)
+def sample_actions(mean: torch.Tensor, log_std: torch.Tensor, num_samples: Optional[int] = None):
+    """Reparameterised samples and their log-probs: one per state, (S, B, A) and (S, B), or `num_samples` K per state,
+    (S, K, B, A) and (S, K, B). The agent dimension stays first in every random draw."""
+    if num_samples is not None:
+        shape = (mean.shape[0], num_samples, *mean.shape[1:])
+        mean, log_std = mean.unsqueeze(1).expand(shape), log_std.unsqueeze(1).expand(shape)
+    u = mean + torch.exp(log_std) * torch.randn(mean.shape, device=mean.device)
     return torch.tanh(u), tanh_gaussian_log_prob(u, mean, log_std)
 
 
 def cql_penalty(q_rand, q_pi, log_pi, q_next_pi, log_next_pi, q_data, act_dim: int, temperature: float):
     """CQL(H) with importance sampling: logsumexp over the 3N sampled actions of Q minus the log-density they were
     drawn from (uniform on [-1,1]^A: log 0.5^A; the policy: log pi), minus the Q of the data actions.
-    q_*: (2, N, B), log_*: (N, B), q_data: (2, B). Returns the per-critic penalty (2,)."""
-    cat = torch.cat([q_rand - act_dim * math.log(0.5), q_pi - log_pi, q_next_pi - log_next_pi], dim=1)
-    return (temperature * torch.logsumexp(cat / temperature, dim=1) - q_data).mean(-1)
+    q_*: (2, S, N, B), log_*: (S, N, B), q_data: (2, S, B). Returns the penalty of each critic of each agent (2, S)."""
+    cat = torch.cat([q_rand - act_dim * math.log(0.5), q_pi - log_pi, q_next_pi - log_next_pi], dim=-2)
+    return (temperature * torch.logsumexp(cat / temperature, dim=-2) - q_data).mean(-1)
 
 
 @torch.compiler.disable  # eager under --compile too: fused optimisers are one kernel each, and CUDA graphs capture them
 def step_all(groups: list[tuple[torch.Tensor, list[torch.Tensor], torch.optim.Optimizer]]) -> None:
-    """Each (loss, params, optimiser): all gradients are taken first, from the same pre-update parameters, then every
-    optimiser steps."""
-    grads = [torch.autograd.grad(loss, params, retain_graph=True) for loss, params, _ in groups]
+    """Each (loss, params, optimiser), the loss one value per agent (S,): all gradients are taken first, from the same
+    pre-update parameters, then every optimiser steps. Agent s's loss depends on agent s's parameters only, so the
+    gradient of the sum gives each agent its own gradient, and Adam, elementwise, is S independent optimisers."""
+    grads = [torch.autograd.grad(loss.sum(), params, retain_graph=True) for loss, params, _ in groups]
+
     for (_, params, opt), group_grads in zip(groups, grads):
         for p, g in zip(params, group_grads):  # a compiled backward may return another memory layout than the
             p.grad = g if g.stride() == p.stride() else torch.empty_like(p).copy_(g)  # param's; fused Adam needs it
@@ -502,20 +529,23 @@ def step_all(groups: list[tuple[torch.Tensor, list[torch.Tensor], torch.optim.Op
 
 
 class CQL:
-    """Networks, optimisers and the update. `update(batch)` returns a dict of detached 0-dim tensors."""
+    """S independent agents (networks, optimisers, the update) stacked along a leading agent dimension: every tensor
+    that belongs to an agent has the agent first, (S, ...), and every loss is one value per agent, (S,).
+    `update(batch)` takes one minibatch per agent, (S, B, ...), and returns a dict of detached (S,) tensors."""
 
     LOSS_NAMES = ("critic_loss", "actor_loss", "alpha_loss")
+    SHARED_STATE = ("obs_mean", "obs_std")  # entries of state_dict() that all agents share
 
     def __init__(self, args: Args, obs_dim: int, act_dim: int, device: torch.device,
-                 obs_mean: np.ndarray, obs_std: np.ndarray):
+                 obs_mean: np.ndarray, obs_std: np.ndarray, num_agents: int):
         self.args, self.device, self.act_dim = args, device, act_dim
-        self.actor = Actor(obs_dim, act_dim, args.hidden_dim, args.num_layers).to(device)
-        self.critic = TwinCritic(obs_dim, act_dim, args.hidden_dim, args.critic_layers).to(device)
-        self.critic_target = TwinCritic(obs_dim, act_dim, args.hidden_dim, args.critic_layers).to(device)
+        self.actor = Actor(obs_dim, act_dim, args.hidden_dim, args.num_layers, num_agents).to(device)
+        self.critic = TwinCritic(obs_dim, act_dim, args.hidden_dim, args.critic_layers, num_agents).to(device)
+        self.critic_target = TwinCritic(obs_dim, act_dim, args.hidden_dim, args.critic_layers, num_agents).to(device)
         self.critic_target.load_state_dict(self.critic.state_dict())
         self.critic_target.requires_grad_(False)
-        self.log_alpha = nn.Parameter(torch.zeros((), device=device))
-        self.log_alpha_prime = nn.Parameter(torch.ones((), device=device))  # alpha' = e at the start, as in CORL
+        self.log_alpha = nn.Parameter(torch.zeros(num_agents, device=device))
+        self.log_alpha_prime = nn.Parameter(torch.ones(num_agents, device=device))  # alpha' = e at the start, as in CORL
         self.target_entropy = -float(act_dim)
         on_cuda = device.type == "cuda"
         cuda_flags = dict(capturable=on_cuda, fused=on_cuda or None)  # see match_device_flags
@@ -527,39 +557,41 @@ class CQL:
         self.obs_std = torch.as_tensor(obs_std, device=device)
 
     def update(self, obs, actions, rewards, next_obs, dones) -> dict[str, torch.Tensor]:
+        """Shapes: S agents, B states each, N sampled actions per state; Q values carry the twin critics first."""
         args, n = self.args, self.args.cql_n_actions
-        alpha = self.log_alpha.exp()
+        alpha = self.log_alpha.exp()  # (S,)
         mean, log_std = self.actor(obs)
         # -- SAC policy and temperature losses
-        new_actions, new_log_pi = sample_actions(mean, log_std)
-        actor_loss = (alpha.detach() * new_log_pi - self.critic(obs, new_actions).min(0).values).mean()
-        alpha_loss = -(self.log_alpha * (new_log_pi.detach() + self.target_entropy)).mean()
+        new_actions, new_log_pi = sample_actions(mean, log_std)  # (S, B, A), (S, B)
+        actor_loss = (alpha.detach()[:, None] * new_log_pi - self.critic(obs, new_actions).min(0).values).mean(-1)
+        alpha_loss = -(self.log_alpha[:, None] * (new_log_pi.detach() + self.target_entropy)).mean(-1)  # (S,)
         # -- TD loss: min of the target critics at one a' ~ pi(s'), no entropy term in the backup
         with torch.no_grad():
             next_mean, next_log_std = self.actor(next_obs)
+            next_obs_n = next_obs.unsqueeze(1).expand(-1, n, -1, -1)  # (S, N, B, obs_dim)
             if args.cql_max_target_backup:  # the best of N actions a' ~ pi(s')
-                backup_actions, _ = sample_actions(next_mean, next_log_std, (n,))
-                next_q = self.critic_target(next_obs.expand(n, *next_obs.shape), backup_actions).min(0).values.max(0).values
+                backup_actions, _ = sample_actions(next_mean, next_log_std, n)
+                next_q = self.critic_target(next_obs_n, backup_actions).min(0).values.max(1).values
             else:
                 next_actions, _ = sample_actions(next_mean, next_log_std)
-                next_q = self.critic_target(next_obs, next_actions).min(0).values
+                next_q = self.critic_target(next_obs, next_actions).min(0).values  # (S, B)
             td_target = rewards + args.gamma * (1.0 - dones) * next_q
-            pi_actions, pi_log = sample_actions(mean, log_std, (n,))  # (N, B, A), detached
-            next_pi_actions, next_pi_log = sample_actions(next_mean, next_log_std, (n,))
-            rand_actions = torch.rand(n, *actions.shape, device=actions.device) * 2 - 1
-        q_data = self.critic(obs, actions)
-        td_loss = (q_data - td_target).pow(2).mean(-1)  # (2,)
+            pi_actions, pi_log = sample_actions(mean, log_std, n)  # (S, N, B, A), detached
+            next_pi_actions, next_pi_log = sample_actions(next_mean, next_log_std, n)
+            rand_actions = torch.rand(pi_actions.shape, device=actions.device) * 2 - 1
+        q_data = self.critic(obs, actions)  # (2, S, B)
+        td_loss = (q_data - td_target).pow(2).mean(-1)  # (2, S)
         # -- conservative penalty on uniform, pi(s) and pi(s') actions (Q(s, .) at all of them)
-        obs_n = obs.expand(n, *obs.shape)
+        obs_n = obs.unsqueeze(1).expand(-1, n, -1, -1)
         q_rand, q_pi, q_next_pi = (self.critic(obs_n, a) for a in (rand_actions, pi_actions, next_pi_actions))
         penalty = cql_penalty(q_rand, q_pi, pi_log, q_next_pi, next_pi_log, q_data, self.act_dim, args.cql_temperature)
         if args.cql_lagrange:
-            alpha_prime = self.log_alpha_prime.exp().clamp(0.0, 1e6)
-            gap = penalty - args.cql_target_action_gap
-            critic_loss = (td_loss + alpha_prime.detach() * args.cql_alpha * gap).sum()
-            alpha_prime_loss = -(alpha_prime * args.cql_alpha * gap.detach()).mean()
+            alpha_prime = self.log_alpha_prime.exp().clamp(0.0, 1e6)  # (S,)
+            gap = penalty - args.cql_target_action_gap  # (2, S)
+            critic_loss = (td_loss + alpha_prime.detach() * args.cql_alpha * gap).sum(0)
+            alpha_prime_loss = -(alpha_prime * args.cql_alpha * gap.detach()).mean(0)
         else:
-            critic_loss = (td_loss + args.cql_alpha * penalty).sum()  # each critic gets its own loss only
+            critic_loss = (td_loss + args.cql_alpha * penalty).sum(0)  # (S,); each critic gets its own loss only
 
         # -- every loss above used the pre-update parameters; now compute each group's gradient and step all
         groups = [(critic_loss, list(self.critic.parameters()), self.critic_opt),
@@ -571,15 +603,15 @@ class CQL:
         with torch.no_grad():
             for tp, p in zip(self.critic_target.parameters(), self.critic.parameters()):
                 tp.lerp_(p, args.tau)
-        return {"losses/critic_loss": critic_loss.detach(), "losses/td_loss": td_loss.detach().mean(),
-                "losses/cql_penalty": penalty.detach().mean(), "losses/actor_loss": actor_loss.detach(),
+        return {"losses/critic_loss": critic_loss.detach(), "losses/td_loss": td_loss.detach().mean(0),
+                "losses/cql_penalty": penalty.detach().mean(0), "losses/actor_loss": actor_loss.detach(),
                 "losses/alpha_loss": alpha_loss.detach(), "losses/alpha": alpha.detach(),
-                "losses/alpha_prime": self.log_alpha_prime.detach().exp(), "losses/q_data": q_data.detach().mean(),
-                "losses/entropy": -new_log_pi.detach().mean()}
+                "losses/alpha_prime": self.log_alpha_prime.detach().exp(), "losses/q_data": q_data.detach().mean((0, 2)),
+                "losses/entropy": -new_log_pi.detach().mean(-1)}
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor) -> torch.Tensor:
-        """Deterministic evaluation action: tanh of the mean."""
+        """Deterministic evaluation actions, tanh of the mean: obs (S, N, obs_dim) -> (S, N, act_dim)."""
         return torch.tanh(self.actor((obs - self.obs_mean) / self.obs_std)[0])
 
     def state_dict(self) -> dict:
@@ -663,27 +695,40 @@ def make_train_step(agent, args: Args, device: torch.device, sample_batch: Calla
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Evaluation, checkpoints
-def evaluate(policy: Callable[[torch.Tensor], torch.Tensor], envs: list, num_episodes: int, seed: int,
-             action_low: np.ndarray, action_high: np.ndarray, device: torch.device) -> np.ndarray:
-    """`num_episodes` episodes, in rounds of one episode per env run in lockstep so the policy sees one batch per step;
-    episode k is reset with seed + k. `policy` maps observations to deterministic actions in [-1, 1], which are mapped
-    back to the env's Box bounds."""
-    all_returns = []
-    for first in range(0, num_episodes, len(envs)):
-        batch = envs[:min(len(envs), num_episodes - first)]
-        obs = np.stack([env.reset(seed=seed + first + i)[0] for i, env in enumerate(batch)]).astype(np.float32)
-        returns, alive = np.zeros(len(batch)), np.ones(len(batch), dtype=bool)
-        while alive.any():
-            with torch.no_grad():
-                squashed = policy(torch.as_tensor(obs, device=device)).cpu().numpy()
-            env_actions = action_low + (squashed + 1.0) * 0.5 * (action_high - action_low)
-            for i in np.flatnonzero(alive):
-                next_obs, reward, terminated, truncated, _ = batch[i].step(env_actions[i])
-                obs[i] = next_obs
-                returns[i] += reward
-                alive[i] = not (terminated or truncated)
-        all_returns.append(returns)
-    return np.concatenate(all_returns)
+def evaluate(policy: Callable[[torch.Tensor], torch.Tensor], envs: gym.vector.VectorEnv, num_agents: int,
+             num_episodes: int, seeds: list[int], action_low: np.ndarray, action_high: np.ndarray,
+             device: torch.device) -> np.ndarray:
+    """`num_episodes` deterministic episodes of each of S agents; returns their returns (S, num_episodes).
+    `envs` holds E envs per agent (env j serves agent j // E), and each runs its agent's episodes one after another;
+    episode k of agent s is reset with seeds[s] + k, so an agent's returns do not depend on the agents evaluated with
+    it. `policy` maps observations (S, E, obs_dim) to deterministic actions in [-1, 1], mapped back to the env's Box
+    bounds. An env whose agent has no episode left idles: reset with no seed, stepped, ignored."""
+    per_agent = envs.num_envs // num_agents
+    agent_of = np.repeat(np.arange(num_agents), per_agent)
+    returns, next_episode = np.zeros((num_agents, num_episodes)), np.zeros(num_agents, dtype=int)
+    episode = np.full(envs.num_envs, -1)  # the episode each env runs; -1: idle
+
+    def start_episodes(mask: np.ndarray) -> np.ndarray:
+        seeds_now = [None] * envs.num_envs
+        for j in np.flatnonzero(mask):
+            s = agent_of[j]
+            episode[j] = next_episode[s] if next_episode[s] < num_episodes else -1
+            next_episode[s] += episode[j] >= 0
+            seeds_now[j] = int(seeds[s] + episode[j]) if episode[j] >= 0 else None
+        return envs.reset(seed=seeds_now, options={"reset_mask": mask})[0]
+
+    obs = start_episodes(np.ones(envs.num_envs, dtype=bool))
+    while (episode >= 0).any():
+        with torch.no_grad():
+            batch = torch.as_tensor(obs, dtype=torch.float32, device=device).reshape(num_agents, per_agent, -1)
+            squashed = policy(batch).reshape(envs.num_envs, -1).cpu().numpy()
+        obs, reward, terminated, truncated, _ = envs.step(action_low + (squashed + 1.0) * 0.5 * (action_high - action_low))
+        running = episode >= 0
+        returns[agent_of[running], episode[running]] += reward[running]
+        done = terminated | truncated
+        if done.any():
+            obs = start_episodes(done)
+    return returns
 
 
 def rng_state() -> dict:
@@ -727,16 +772,82 @@ def write_csv(path: Path, rows: list, mode: str) -> None:
         fail(f"could not write {path}: {e.strerror or e} (is the disk full or read-only?)")
 
 
-def save_checkpoint(path: Path, agent, step: int, args: Args, run_name: str) -> None:
-    blob = {"agent": agent.state_dict(), "step": step, "args": asdict(args), "run_name": run_name, "rng": rng_state()}
-    tmp = Path(str(path) + ".tmp")
+def agent_state(state, s: int, shared: tuple[str, ...] = ()):
+    """Agent s's part of a stacked state dict (optimiser states included), shaped as a one-agent state: every tensor
+    with an agent dimension, i.e. all but the 0-dim ones such as Adam's step count, is sliced at s; the `shared`
+    entries, which all agents use alike, are kept whole."""
+    if isinstance(state, dict):
+        return {k: v if k in shared else agent_state(v, s) for k, v in state.items()}
+    if isinstance(state, list):
+        return [agent_state(v, s) for v in state]
+    return state[s:s + 1].clone() if isinstance(state, torch.Tensor) and state.dim() > 0 else state
+
+
+def stack_agent_states(states: list, shared: tuple[str, ...] = ()):
+    """The inverse of agent_state: one-agent states concatenated along the agent dimension."""
+    first = states[0]
+    if isinstance(first, dict):
+        return {k: first[k] if k in shared else stack_agent_states([st[k] for st in states]) for k in first}
+    if isinstance(first, list):
+        return [stack_agent_states(list(v)) for v in zip(*states)]
+    return torch.cat(states) if isinstance(first, torch.Tensor) and first.dim() > 0 else first
+
+
+def make_agents(build: Callable[[int], CQL], seeds: list[int]) -> CQL:
+    """`build(len(seeds))` agents in one stack, agent s starting from exactly the parameters that a one-seed run of
+    seeds[s] starts from: each is initialised alone after torch.manual_seed(seeds[s]), then they are stacked."""
+    agent = build(len(seeds))
+    states = []
+    for seed in seeds:
+        torch.manual_seed(seed)
+        states.append(build(1).state_dict())
+    agent.load_state_dict(stack_agent_states(states, agent.SHARED_STATE))
+    return agent
+
+
+def save_checkpoints(run_dirs: list[Path], run_names: list[str], agent, step: int, args: Args) -> None:
+    """One checkpoint per seed, the one a one-seed run of that seed would write (its args have that seed and
+    --num-seeds 1), plus the group it trains in, so that --resume of any of them continues the whole group."""
+    state, rng = agent.state_dict(), rng_state()
+    for s, (run_dir, run_name) in enumerate(zip(run_dirs, run_names)):
+        group = {"seed": args.seed, "num_seeds": args.num_seeds, "run_names": run_names, "index": s}
+        blob = {"agent": agent_state(state, s, agent.SHARED_STATE), "step": step, "args": asdict(replace(args, seed=args.seed + s, num_seeds=1)),
+                "run_name": run_name, "rng": rng, "group": group}
+        path = run_dir / "checkpoint.pt"
+        tmp = Path(str(path) + ".tmp")
+        try:
+            torch.save(blob, tmp)
+            os.replace(tmp, path)  # atomic: an interruption or a full disk never leaves a half-written checkpoint
+        except (OSError, RuntimeError) as e:  # torch.save reports a failed write as a RuntimeError
+            tmp.unlink(missing_ok=True)
+            kept = f"the previous checkpoint {path} is kept" if path.exists() else "no checkpoint was written"
+            fail(f"could not write the checkpoint {path} at step {step}: {e} (is the disk full?); {kept}")
+
+
+def load_checkpoints(path: str) -> tuple[Args, list[dict], list[Path]]:
+    """--resume: the run's args and the checkpoints of every seed it trains (a many-seed run resumes all its seeds
+    together, from the sibling run directories its checkpoints name), with their run directories."""
+    def load(file: Path) -> dict:
+        if not file.is_file():
+            fail(f"--resume {path}: no such checkpoint file {file}")
+        try:
+            return torch.load(file, map_location="cpu", weights_only=False)
+        except Exception as e:
+            fail(f"--resume {file}: not a checkpoint of this script ({type(e).__name__}: {e})")
+
+    blob = load(Path(path))
     try:
-        torch.save(blob, tmp)
-        os.replace(tmp, path)  # atomic: an interruption or a full disk never leaves a half-written checkpoint
-    except (OSError, RuntimeError) as e:  # torch.save reports a failed write as a RuntimeError
-        tmp.unlink(missing_ok=True)
-        kept = f"the previous checkpoint {path} is kept" if path.exists() else "no checkpoint was written"
-        fail(f"could not write the checkpoint {path} at step {step}: {e} (is the disk full?); {kept}")
+        args = Args(**blob["args"])
+    except Exception as e:
+        fail(f"--resume {path}: not a checkpoint of this script ({type(e).__name__}: {e})")
+    group = blob.get("group", {"seed": args.seed, "num_seeds": 1, "run_names": [blob["run_name"]], "index": 0})
+    args.seed, args.num_seeds = group["seed"], group["num_seeds"]
+    run_dirs = [Path(path).parent.parent / name for name in group["run_names"]]
+    blobs = [blob if i == group["index"] else load(d / "checkpoint.pt") for i, d in enumerate(run_dirs)]
+    if len({b["step"] for b in blobs}) != 1:
+        fail(f"--resume {path}: the checkpoints of this {len(blobs)}-seed run stopped at different steps "
+             f"({', '.join(str(b['step']) for b in blobs)}); start these runs afresh with --overwrite")
+    return args, blobs, run_dirs
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -746,20 +857,17 @@ def raise_keyboard_interrupt(signum, frame):
 
 def main(args: Args) -> None:
     signal.signal(signal.SIGTERM, raise_keyboard_interrupt)  # a kill or a cluster preemption checkpoints like Ctrl-C
-    resume_blob = None
+    resume_blobs = None
     if args.resume is not None:
-        if not Path(args.resume).is_file():
-            fail(f"--resume {args.resume}: no such checkpoint file")
-        try:
-            resume_blob = torch.load(args.resume, map_location="cpu", weights_only=False)
-            saved = Args(**resume_blob["args"])
-        except Exception as e:
-            fail(f"--resume {args.resume}: not a checkpoint of this script ({type(e).__name__}: {e})")
+        saved, resume_blobs, run_dirs = load_checkpoints(args.resume)
         for flag in ("total_timesteps", "save_model", "track", "cuda", "resume"):
             setattr(saved, flag, getattr(args, flag))
         args = saved
-    presets = apply_dataset_presets(args) if resume_blob is None else []  # a checkpoint's args hold them
+    presets = apply_dataset_presets(args) if resume_blobs is None else []  # a checkpoint's args hold them
     validate_args(args)
+    seeds = [args.seed + s for s in range(args.num_seeds)]
+    if args.track and args.num_seeds > 1:
+        fail("--track logs one W&B run per process: use it with --num-seeds 1")
 
     random.seed(args.seed)
     np.random.seed(args.seed)
@@ -771,13 +879,17 @@ def main(args: Args) -> None:
         fail("--cuda-graphs on needs a CUDA device (none is available, or --no-cuda was given); "
              "use --cuda-graphs auto or off")
 
-    if resume_blob is not None:
-        run_name, run_dir = resume_blob["run_name"], Path(args.resume).parent
+    if resume_blobs is not None:
+        run_names = [blob["run_name"] for blob in resume_blobs]
     else:
-        run_name = args.run_name or f"{args.env_id.replace('/', '-')}__{args.exp_name}__{args.seed}__{int(time.time())}"
-        run_dir = Path("runs") / run_name
-    prepare_run_dir(run_dir, resuming=resume_blob is not None, overwrite=args.overwrite)
-    checkpoint_path = run_dir / "checkpoint.pt"
+        template = args.run_name or f"{args.env_id.replace('/', '-')}__{args.exp_name}__{{seed}}__{int(time.time())}"
+        if args.num_seeds > 1 and "{seed}" not in template:
+            fail(f"--run-name {template!r} must contain {{seed}} with --num-seeds > 1, which names one run per seed")
+        run_names = [template.replace("{seed}", str(seed)) for seed in seeds]
+        run_dirs = [Path("runs") / name for name in run_names]
+    for run_dir in run_dirs:
+        prepare_run_dir(run_dir, resuming=resume_blobs is not None, overwrite=args.overwrite)
+    checkpoint_paths = [run_dir / "checkpoint.pt" for run_dir in run_dirs]
 
     dataset, data = read_transitions(args.env_id, args.action_clip)
     reward_mode = "raw"
@@ -799,18 +911,19 @@ def main(args: Args) -> None:
     buffer = {k: torch.as_tensor(v, device=device) for k, v in data.items()}  # the whole dataset lives on the device
     obs_dim, act_dim = data["obs"].shape[1], data["actions"].shape[1]
     ref_min, ref_max, ref_source = reference_scores(dataset)
-    eval_envs = [make_eval_env(dataset, args.env_id) for _ in range(args.eval_episodes)]
-    if eval_envs[0].observation_space.shape != (obs_dim,) or eval_envs[0].action_space.shape != (act_dim,):
+    eval_envs = make_eval_envs(dataset, args.env_id, args.num_seeds * args.eval_episodes,
+                               asynchronous=(os.cpu_count() or 1) >= 4)
+    if eval_envs.single_observation_space.shape != (obs_dim,) or eval_envs.single_action_space.shape != (act_dim,):
         fail(f"dataset {args.env_id} does not match its env: data obs/act dims {obs_dim}/{act_dim}, env "
-             f"{eval_envs[0].observation_space.shape}/{eval_envs[0].action_space.shape}")
+             f"{eval_envs.single_observation_space.shape}/{eval_envs.single_action_space.shape}")
     action_low, action_high = dataset.action_space.low, dataset.action_space.high
 
-    agent = CQL(args, obs_dim, act_dim, device, obs_mean, obs_std)
+    agent = make_agents(lambda num_agents: CQL(args, obs_dim, act_dim, device, obs_mean, obs_std, num_agents), seeds)
     step = 0
-    if resume_blob is not None:
-        agent.load_state_dict(resume_blob["agent"])
-        step = resume_blob["step"]
-        set_rng_state(resume_blob["rng"])
+    if resume_blobs is not None:
+        agent.load_state_dict(stack_agent_states([blob["agent"] for blob in resume_blobs], agent.SHARED_STATE))
+        step = resume_blobs[0]["step"]
+        set_rng_state(resume_blobs[0]["rng"])
 
     from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
@@ -821,42 +934,45 @@ def main(args: Args) -> None:
         except ImportError:
             fail("--track needs Weights & Biases: pip install wandb")
         wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
-                   config=vars(args), name=run_name, save_code=True, resume="allow", id=run_name)
-    writer = SummaryWriter(str(run_dir), purge_step=step if step else None)
-    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
-    eval_csv = run_dir / "evaluations.csv"
-    rows = []
-    if step and eval_csv.exists():  # keep the rows up to the checkpoint: later ones are about to be redone
-        with open(eval_csv) as f:
-            rows = [list(r.values()) for r in csv.DictReader(f) if int(r["step"]) <= step]
-    write_csv(eval_csv, [["step", "mean_return", "std_return", "normalized_score", "episodes", "final"], *rows], "w")
+                   config=vars(args), name=run_names[0], save_code=True, resume="allow", id=run_names[0])
+    writers, eval_csvs = [], [run_dir / "evaluations.csv" for run_dir in run_dirs]
+    for seed, run_dir, eval_csv in zip(seeds, run_dirs, eval_csvs):
+        writers.append(SummaryWriter(str(run_dir), purge_step=step if step else None))
+        hparams = vars(replace(args, seed=seed, num_seeds=1)) | {"trained_with_seeds": f"{seeds[0]}..{seeds[-1]}"}
+        writers[-1].add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in hparams.items()))
+        rows = []
+        if step and eval_csv.exists():  # keep the rows up to the checkpoint: later ones are about to be redone
+            with open(eval_csv) as f:
+                rows = [list(r.values()) for r in csv.DictReader(f) if int(r["step"]) <= step]
+        write_csv(eval_csv, [["step", "mean_return", "std_return", "normalized_score", "episodes", "final"], *rows], "w")
 
-    print(f"run {run_name} on {device}: {num_transitions} transitions from {dataset.spec.dataset_id}, "
-          f"rewards: {reward_mode}, normalised score from {ref_source}"
+    print(f"run{'s' * (len(seeds) > 1)} {', '.join(run_names)} on {device}: {num_transitions} transitions from "
+          f"{dataset.spec.dataset_id}, rewards: {reward_mode}, normalised score from {ref_source}"
           + (f"; dataset presets applied: {', '.join(presets)}" if presets else ""))
     last_score = float("nan")
     first_bad_step = torch.full((), -1, dtype=torch.long, device=device)  # first step with a non-finite loss
-    bad_losses = torch.zeros(len(CQL.LOSS_NAMES), dtype=torch.bool, device=device)
+    bad_losses = torch.zeros(len(CQL.LOSS_NAMES), args.num_seeds, dtype=torch.bool, device=device)
 
     def check_finite() -> None:
         if first_bad_step.item() >= 0:
-            names = [n for n, bad in zip(CQL.LOSS_NAMES, bad_losses.tolist()) if bad]
-            kept = f"the last good checkpoint {checkpoint_path} is kept" if checkpoint_path.exists() else "no checkpoint was written"
+            bad = bad_losses.tolist()
+            names = [f"{n} of seed {seed}" for n, row in zip(CQL.LOSS_NAMES, bad) for seed, b in zip(seeds, row) if b]
+            kept = "the last good checkpoints are kept" if checkpoint_paths[0].exists() else "no checkpoint was written"
             print(f"error: non-finite {', '.join(names)} at step {first_bad_step.item()}; stopping ({kept})", file=sys.stderr)
             sys.exit(1)
 
     bar = tqdm(total=args.total_timesteps, initial=step, desc=ALGO, unit="step", dynamic_ncols=True, mininterval=1.0)
 
-    def sample_batch() -> tuple[torch.Tensor, ...]:  # drawn on the device: no host round trip
-        idx = torch.randint(num_transitions, (args.batch_size,), device=device)
+    def sample_batch() -> tuple[torch.Tensor, ...]:  # one minibatch per agent, drawn on the device: no host round trip
+        idx = torch.randint(num_transitions, (args.num_seeds, args.batch_size), device=device)
         return tuple(buffer[k][idx] for k in ("obs", "actions", "rewards", "next_obs", "dones"))
 
     train_step = make_train_step(agent, args, device, sample_batch)
-    start_time, start_step = time.time(), step
+    start_time, start_step, eval_seconds = time.time(), step, 0.0
     try:
         while step < args.total_timesteps:
             metrics = train_step()
-            losses = torch.stack([metrics[f"losses/{n}"] for n in CQL.LOSS_NAMES])
+            losses = torch.stack([metrics[f"losses/{n}"] for n in CQL.LOSS_NAMES])  # (losses, S)
             finite = torch.isfinite(losses)
             newly_bad = (first_bad_step < 0) & ~finite.all()
             bad_losses = torch.where(newly_bad, ~finite, bad_losses)
@@ -867,39 +983,52 @@ def main(args: Args) -> None:
             if step % args.log_freq == 0 or step == args.total_timesteps:
                 check_finite()
                 sps = (step - start_step) / max(time.time() - start_time, 1e-9)
-                for key, value in metrics.items():
-                    writer.add_scalar(key, value.item(), step)
-                writer.add_scalar("charts/SPS", sps, step)
+                values = torch.stack(list(metrics.values())).tolist()  # one read back for every (metric, seed)
+                for key, per_seed in zip(metrics, values):
+                    for writer, value in zip(writers, per_seed):
+                        writer.add_scalar(key, value, step)
+                for writer in writers:
+                    writer.add_scalar("charts/SPS", sps, step)
                 bar.set_postfix(SPS=f"{sps:.1f}", score=f"{last_score:.1f}")
             if step % args.eval_freq == 0 or step == args.total_timesteps:
                 check_finite()
+                eval_start = time.time()
                 final = step == args.total_timesteps  # the last evaluation is the long one that tables report
                 num_episodes = args.final_eval_episodes if final else args.eval_episodes
-                returns = evaluate(agent.act, eval_envs, num_episodes, args.seed + step, action_low, action_high,
-                                   device)
-                mean_return = float(returns.mean())
-                score = 100 * (mean_return - ref_min) / (ref_max - ref_min) if ref_min is not None else float("nan")
-                last_score = score if ref_min is not None else mean_return
-                writer.add_scalar("eval/return", mean_return, step)
-                if ref_min is not None:
-                    writer.add_scalar("eval/normalized_score", score, step)
-                write_csv(eval_csv, [[step, f"{mean_return:.4f}", f"{returns.std():.4f}",
-                                      "" if ref_min is None else f"{score:.4f}", len(returns), int(final)]], "a")
-                tqdm.write(f"step {step}: return {mean_return:.1f} +- {returns.std():.1f} over {len(returns)} episodes"
-                           + (f", normalised score {score:.1f}" if ref_min is not None else ""))
+                returns = evaluate(agent.act, eval_envs, args.num_seeds, num_episodes, [seed + step for seed in seeds],
+                                   action_low, action_high, device)  # (S, episodes)
+                mean_returns = returns.mean(1)
+                scores = 100 * (mean_returns - ref_min) / (ref_max - ref_min) if ref_min is not None else mean_returns
+                for s, writer in enumerate(writers):
+                    writer.add_scalar("eval/return", mean_returns[s], step)
+                    if ref_min is not None:
+                        writer.add_scalar("eval/normalized_score", scores[s], step)
+                    write_csv(eval_csvs[s], [[step, f"{mean_returns[s]:.4f}", f"{returns[s].std():.4f}",
+                                              "" if ref_min is None else f"{scores[s]:.4f}", num_episodes, int(final)]], "a")
+                last_score = float(scores.mean())
+                if len(seeds) == 1:
+                    tqdm.write(f"step {step}: return {mean_returns[0]:.1f} +- {returns[0].std():.1f} over {num_episodes} "
+                               f"episodes" + (f", normalised score {scores[0]:.1f}" if ref_min is not None else ""))
+                else:
+                    tqdm.write(f"step {step}: {'normalised score' if ref_min is not None else 'return'} of seeds "
+                               f"{seeds[0]}..{seeds[-1]}: {', '.join(f'{v:.1f}' for v in scores)} over {num_episodes} episodes")
                 if args.save_model:
-                    save_checkpoint(checkpoint_path, agent, step, args, run_name)
+                    save_checkpoints(run_dirs, run_names, agent, step, args)
+                eval_seconds += time.time() - eval_start
     except KeyboardInterrupt:
         bar.close()
         check_finite()
-        save_checkpoint(checkpoint_path, agent, step, args, run_name)
-        print(f"\ninterrupted at step {step}; saved {checkpoint_path}; continue with --resume {checkpoint_path}")
+        save_checkpoints(run_dirs, run_names, agent, step, args)
+        print(f"\ninterrupted at step {step}; saved {', '.join(map(str, checkpoint_paths))}; "
+              f"continue with --resume {checkpoint_paths[0]}")
         sys.exit(130)
     bar.close()
-    writer.close()
-    for env in eval_envs:
-        env.close()
-    print(f"done: {step} steps in {run_dir}" + (f"; checkpoint {checkpoint_path}" if args.save_model else ""))
+    for writer in writers:
+        writer.close()
+    eval_envs.close()
+    wall = time.time() - start_time
+    print(f"done: {step} steps in {', '.join(map(str, run_dirs))}" + ("; checkpoints saved" if args.save_model else "")
+          + f"; evaluation took {100 * eval_seconds / max(wall, 1e-9):.0f}% of the {wall:.0f} s")
 
 
 if __name__ == "__main__":

@@ -34,14 +34,17 @@ class Args:
     compile: bool = False
     """also torch.compile the graph-captured step (with inductor's fallback_random, so that it draws the same random
     numbers as eager code)"""
+    num_seeds: int = 1
+    """agents trained together in each step (the scripts' --num-seeds)"""
     atol: float = 1e-3
     """largest allowed absolute parameter difference after --steps steps"""
 
 
-def run(module, cls_name: str, algo: str, graphs: bool, compile: bool, steps: int, data, device) -> tuple[dict, dict]:
-    script_args = module.Args(cuda_graphs="on" if graphs else "off", compile=compile)
+def run(module, cls_name: str, algo: str, graphs: bool, compile: bool, steps: int, data, device,
+        num_seeds: int) -> tuple[dict, dict]:
+    script_args = module.Args(cuda_graphs="on" if graphs else "off", compile=compile, num_seeds=num_seeds)
     torch.manual_seed(0)
-    agent, train_step, phase = make_step(module, cls_name, algo, script_args, data, device)
+    agent, train_step, phase = make_step(module, cls_name, algo, script_args, data, device, num_seeds)
     torch.manual_seed(1)
     metrics = {}
     for i in range(steps):
@@ -49,7 +52,7 @@ def run(module, cls_name: str, algo: str, graphs: bool, compile: bool, steps: in
     torch.cuda.synchronize()
     params = {f"{name}.{k}": v.detach().clone() for name in ("actor", "critic")
               for k, v in getattr(agent, name).state_dict().items()}
-    return params, {k: float(v) for k, v in metrics.items()}
+    return params, {k: v.mean().item() for k, v in metrics.items()}
 
 
 def main(args: Args) -> None:
@@ -66,12 +69,13 @@ def main(args: Args) -> None:
     for algo in args.algos:
         path, cls_name = SCRIPTS[algo]
         module = load(path)
-        eager_params, eager_metrics = run(module, cls_name, algo, False, False, args.steps, data, device)
-        graph_params, graph_metrics = run(module, cls_name, algo, True, args.compile, args.steps, data, device)
+        eager_params, eager_metrics = run(module, cls_name, algo, False, False, args.steps, data, device, args.num_seeds)
+        graph_params, graph_metrics = run(module, cls_name, algo, True, args.compile, args.steps, data, device,
+                                          args.num_seeds)
         worst = max((eager_params[k] - graph_params[k]).abs().max().item() for k in eager_params)
         worst_overall = max(worst_overall, worst)
         moved = max((eager_params[k] - v).abs().max().item() for k, v in
-                    run(module, cls_name, algo, False, False, 0, data, device)[0].items())
+                    run(module, cls_name, algo, False, False, 0, data, device, args.num_seeds)[0].items())
         print(f"{algo:7s} max |eager - graph| over parameters: {worst:.2e} (the {args.steps} steps moved them by up "
               f"to {moved:.2e}); critic_loss eager {eager_metrics['losses/critic_loss']:.6f} "
               f"graph {graph_metrics['losses/critic_loss']:.6f}", flush=True)

@@ -4,12 +4,14 @@
     python benchmarks/throughput.py --algos misa --modes eager compile --out results.json
     python benchmarks/throughput.py --modes eager cuda-graphs compile+cuda-graphs   # on a GPU
     python benchmarks/throughput.py --algos misa --profile 20   # where the time goes (torch.profiler)
+    python benchmarks/throughput.py --num-seeds 1 4 16          # many agents in one step (--num-seeds)
 
 Observations of size 17, actions of size 6, batch 256 (the scripts' default), random data. Each mode builds the
 training step exactly as the script does (`make_train_step`: minibatch sampling from a device-resident dataset, then
 the update; compiled and/or captured in a CUDA graph). After --warmup steps, steps are timed until --seconds have
-passed (with a device sync at both ends, none in between). Prints a markdown table of updates per second with the
-device and torch version; --out also writes it as JSON.
+passed (with a device sync at both ends, none in between). With --num-seeds S the step trains S agents at once, as
+the scripts' --num-seeds does: the table gives steps per second, agent-updates per second (S x steps/s) and the time
+of one step. Prints a markdown table with the device and torch version; --out also writes it as JSON.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ class Args:
     modes: list[Literal["eager", "compile", "cuda-graphs", "compile+cuda-graphs"]] = field(default_factory=lambda: ["eager"])
     """how to run the step: as written, torch.compile'd (--compile), captured in a CUDA graph (--cuda-graphs on), or
     both; the graph modes need CUDA and are skipped on the CPU"""
+    num_seeds: list[int] = field(default_factory=lambda: [1])
+    """agents trained together in one step (the scripts' --num-seeds); each value is timed"""
     warmup: int = 10
     """untimed steps first (compilation and graph capture happen here)"""
     dataset_size: int = 100_000
@@ -73,11 +77,11 @@ def load(path: Path):
     return module
 
 
-def make_agent(module, cls_name: str, args, obs_dim: int, act_dim: int, device: torch.device):
+def make_agent(module, cls_name: str, args, obs_dim: int, act_dim: int, device: torch.device, num_agents: int = 1):
     cls = getattr(module, cls_name)
     if cls_name == "MISA":
-        return cls(args, obs_dim, act_dim, device)
-    return cls(args, obs_dim, act_dim, device, np.zeros(obs_dim, np.float32), np.ones(obs_dim, np.float32))
+        return cls(args, obs_dim, act_dim, device, num_agents)
+    return cls(args, obs_dim, act_dim, device, np.zeros(obs_dim, np.float32), np.ones(obs_dim, np.float32), num_agents)
 
 
 def synthetic_dataset(n: int, obs_dim: int, act_dim: int, device: torch.device) -> tuple[torch.Tensor, ...]:
@@ -86,13 +90,13 @@ def synthetic_dataset(n: int, obs_dim: int, act_dim: int, device: torch.device) 
             torch.randn(n, device=device), torch.randn(n, obs_dim, device=device), torch.zeros(n, device=device))
 
 
-def make_step(module, cls_name: str, algo: str, script_args, dataset: tuple, device: torch.device):
-    """The agent, its training step built as the script builds it (`make_train_step`: minibatch indices drawn on the
-    device, then the update), and the step's Python arguments as a function of the step index."""
-    agent = make_agent(module, cls_name, script_args, dataset[0].shape[1], dataset[1].shape[1], device)
+def make_step(module, cls_name: str, algo: str, script_args, dataset: tuple, device: torch.device, num_agents: int):
+    """The agents, their training step built as the script builds it (`make_train_step`: one minibatch per agent drawn
+    on the device, then the update), and the step's Python arguments as a function of the step index."""
+    agent = make_agent(module, cls_name, script_args, dataset[0].shape[1], dataset[1].shape[1], device, num_agents)
 
     def sample_batch():
-        idx = torch.randint(len(dataset[0]), (script_args.batch_size,), device=device)
+        idx = torch.randint(len(dataset[0]), (num_agents, script_args.batch_size), device=device)
         return tuple(x[idx] for x in dataset)
 
     train_step = module.make_train_step(agent, script_args, device, sample_batch)
@@ -148,23 +152,28 @@ def main(args: Args) -> None:
             if "cuda-graphs" in mode and device.type != "cuda":
                 print(f"{algo:7s} {mode}: skipped (CUDA graphs need a GPU)", file=sys.stderr)
                 continue
-            script_args = module.Args(compile="compile" in mode, cuda_graphs="on" if "cuda-graphs" in mode else "off")
-            _, train_step, phase = make_step(module, cls_name, algo, script_args, dataset, device)
-            rate, count = time_steps(train_step, phase, args.warmup, args.seconds, device)
-            results.append({"algo": algo, "mode": mode, "updates_per_s": rate, "updates_timed": count})
-            print(f"{algo:7s} {mode:20s} {rate:9.2f} updates/s ({count} updates)", file=sys.stderr)
-            if args.profile > 0:
-                print(f"\n## profile: {algo}, {mode}, {args.profile} steps\n", flush=True)
-                print(profile_steps(train_step, phase, args.profile, device), flush=True)
+            for seeds in args.num_seeds:
+                script_args = module.Args(compile="compile" in mode, cuda_graphs="on" if "cuda-graphs" in mode else "off",
+                                          num_seeds=seeds)
+                _, train_step, phase = make_step(module, cls_name, algo, script_args, dataset, device, seeds)
+                rate, count = time_steps(train_step, phase, args.warmup, args.seconds, device)
+                results.append({"algo": algo, "mode": mode, "num_seeds": seeds, "steps_per_s": rate,
+                                "agent_updates_per_s": seeds * rate, "ms_per_step": 1000 / rate, "steps_timed": count})
+                print(f"{algo:7s} {mode:20s} S={seeds:<3d} {rate:9.2f} steps/s, {seeds * rate:9.2f} agent-updates/s "
+                      f"({count} steps)", file=sys.stderr)
+                if args.profile > 0:
+                    print(f"\n## profile: {algo}, {mode}, S={seeds}, {args.profile} steps\n", flush=True)
+                    print(profile_steps(train_step, phase, args.profile, device), flush=True)
     header = {"device": device_name, "torch": torch.__version__, "tf32": args.tf32, "batch_size": "script default",
               "obs_dim": args.obs_dim, "act_dim": args.act_dim}
     print(f"\ndevice: {device_name}; torch {torch.__version__}; obs {args.obs_dim}, act {args.act_dim}, "
           f"each script's default configuration\n")
-    print("| script | mode | updates/s | 1M updates take |")
-    print("|---|---|---|---|")
+    print("| script | mode | seeds S | steps/s | agent-updates/s | ms per step | 1M steps (S agents) take |")
+    print("|---|---|---|---|---|---|---|")
     for r in results:
-        hours = 1e6 / r["updates_per_s"] / 3600
-        print(f"| {r['algo']} | {r['mode']} | {r['updates_per_s']:.2f} | {hours:.1f} h |")
+        hours = 1e6 / r["steps_per_s"] / 3600
+        print(f"| {r['algo']} | {r['mode']} | {r['num_seeds']} | {r['steps_per_s']:.2f} | {r['agent_updates_per_s']:.2f} "
+              f"| {r['ms_per_step']:.2f} | {hours:.1f} h |")
     if args.out:
         Path(args.out).write_text(json.dumps({**header, "results": results}, indent=2) + "\n")
 

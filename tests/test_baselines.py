@@ -54,8 +54,8 @@ def test_cql_penalty_pushes_down_out_of_data_actions():
     torch.manual_seed(0)
     args = cql.Args(hidden_dim=64, num_layers=2, critic_layers=2, cql_n_actions=10)
     agent = cql.CQL(args, obs_dim=3, act_dim=2, device=torch.device("cpu"), obs_mean=torch.zeros(3).numpy(),
-                    obs_std=torch.ones(3).numpy())
-    obs, data_actions = torch.randn(128, 3), torch.rand(128, 2) * 0.4 + 0.3  # data lives in one corner
+                    obs_std=torch.ones(3).numpy(), num_agents=1)
+    obs, data_actions = torch.randn(1, 128, 3), torch.rand(1, 128, 2) * 0.4 + 0.3  # data lives in one corner
     ood_actions = -data_actions
     opt = torch.optim.Adam(agent.critic.parameters(), lr=1e-3)
 
@@ -67,9 +67,9 @@ def test_cql_penalty_pushes_down_out_of_data_actions():
     for _ in range(100):
         mean, log_std = agent.actor(obs)
         with torch.no_grad():
-            pi_a, pi_log = cql.sample_actions(mean, log_std, (10,))
-            rand_a = torch.rand(10, 128, 2) * 2 - 1
-        obs_n = obs.expand(10, *obs.shape)
+            pi_a, pi_log = cql.sample_actions(mean, log_std, 10)
+            rand_a = torch.rand(1, 10, 128, 2) * 2 - 1
+        obs_n = obs.unsqueeze(1).expand(-1, 10, -1, -1)
         penalty = cql.cql_penalty(agent.critic(obs_n, rand_a), agent.critic(obs_n, pi_a), pi_log,
                                   agent.critic(obs_n, pi_a), pi_log, agent.critic(obs, data_actions), 2, 1.0)
         opt.zero_grad()
@@ -120,11 +120,12 @@ def test_iql_state_round_trip_continues_exactly():
     def agent():
         torch.manual_seed(0)
         args = iql.Args(hidden_dim=32, batch_size=16, total_timesteps=12)
-        return iql.IQL(args, 3, 1, torch.device("cpu"), obs_mean=torch.zeros(3).numpy(), obs_std=torch.ones(3).numpy())
+        return iql.IQL(args, 3, 1, torch.device("cpu"), obs_mean=torch.zeros(3).numpy(), obs_std=torch.ones(3).numpy(),
+                       num_agents=2)
 
     torch.manual_seed(1)
-    batches = [(torch.randn(16, 3), torch.rand(16, 1) * 2 - 1, torch.randn(16), torch.randn(16, 3), torch.zeros(16))
-               for _ in range(12)]
+    batches = [(torch.randn(2, 16, 3), torch.rand(2, 16, 1) * 2 - 1, torch.randn(2, 16), torch.randn(2, 16, 3),
+                torch.zeros(2, 16)) for _ in range(12)]
     straight = agent()
     for batch in batches:
         straight.update(*batch)
@@ -143,7 +144,7 @@ def test_iql_state_round_trip_continues_exactly():
 def test_non_finite_loss_stops_the_run(datasets_root, tmp_path):
     r = run_script(SCRIPTS[0], "--env-id", "test/pendulum/huge-v0", "--total-timesteps", "20", "--eval-freq", "10",
                    *TINY, cwd=tmp_path)
-    assert r.returncode == 1 and "non-finite critic_loss at step 1" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 1 and "non-finite critic_loss of seed 1 at step 1" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_iql_dataset_presets_are_applied_and_reported():

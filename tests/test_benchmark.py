@@ -176,3 +176,44 @@ def test_representation_picture_from_misa_and_cql_checkpoints(datasets_root, tmp
     assert features.shape == (50, 16) and rewards.shape == (50,) and "on test/pendulum/energy-v0, step 4" in title
     r = run_script("tools/plot_representation.py", str(tmp_path / "missing.pt"), cwd=tmp_path)
     assert r.returncode == 2 and "no such checkpoint" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_seeds_per_process_groups_consecutive_seeds_under_the_same_run_names(tmp_path):
+    script = str(ROOT / "baselines" / "iql_continuous.py")
+    args = benchmark.Args(scripts=[script], env_ids=["hopper-medium"], num_seeds=5, seeds_per_process=2, resume=True)
+    runs = benchmark.expand_grid(args)
+    states = {r.name: "new" for r in runs}
+    jobs = benchmark.make_jobs(runs, states, args, tmp_path)
+    assert [[r.seed for r in job.runs] for job in jobs] == [[1, 2], [3, 4], [5]]
+    command = jobs[0].command
+    assert command[command.index("--num-seeds") + 1] == "2" and command[command.index("--seed") + 1] == "1"
+    template = command[command.index("--run-name") + 1]
+    assert [template.replace("{seed}", str(r.seed)) for r in jobs[0].runs] == [r.name for r in runs[:2]]
+    assert jobs[2].command == runs[4].command  # a lone seed runs exactly as without grouping
+    # a finished seed splits the chunk; checkpointed seeds are resumed from the first one's checkpoint
+    states.update({runs[1].name: "complete", runs[2].name: "checkpoint", runs[3].name: "checkpoint"})
+    jobs = benchmark.make_jobs(runs, states, args, tmp_path)
+    assert [[r.seed for r in job.runs] for job in jobs] == [[1], [3, 4], [5]]
+    assert jobs[1].command[2:4] == ["--resume", str(tmp_path / "runs" / runs[2].name / "checkpoint.pt")]
+
+
+def test_seeds_per_process_end_to_end_and_resume(datasets_root, tmp_path):
+    def grid(*extra):
+        return subprocess.run([sys.executable, str(ROOT / "benchmark.py"), "--scripts",
+                               str(ROOT / "baselines" / "td3_bc_continuous.py"), "--env-ids", "test/pendulum/energy-v0",
+                               "--num-seeds", "2", "--seeds-per-process", "2", "--output-dir", str(tmp_path),
+                               "--threads-per-run", "1", *extra], capture_output=True, text=True, timeout=300)
+
+    tiny = "--extra-args=--batch-size 16 --hidden-dim 16 --eval-episodes 1 --final-eval-episodes 1 --save-model"
+    r = grid(tiny + " --total-timesteps 10 --eval-freq 5")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "2 runs in the grid, 0 already complete, 2 to run in 1 processes" in r.stdout
+    names = sorted(p.name for p in (tmp_path / "runs").iterdir() if p.name != "logs")
+    assert names == ["test-pendulum-energy-v0__td3_bc_continuous__1", "test-pendulum-energy-v0__td3_bc_continuous__2"]
+    assert (tmp_path / "runs" / "logs" / "test-pendulum-energy-v0__td3_bc_continuous__1-2.log").exists()
+    r = grid(tiny + " --total-timesteps 20 --eval-freq 5", "--resume")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "2 to run (2 continued from their checkpoints) in 1 processes" in r.stdout
+    for name in names:
+        with open(tmp_path / "runs" / name / "evaluations.csv") as f:
+            assert [int(row["step"]) for row in csv.DictReader(f)] == [5, 10, 15, 20]

@@ -44,9 +44,9 @@ def test_closed_form_action_gradient_matches_autograd():
 
 def test_hand_written_critic_action_gradient_matches_autograd():
     torch.manual_seed(2)
-    critic = misa.TwinCritic(5, 3, hidden=16, layers=2).double()
-    obs = torch.randn(64, 5, dtype=torch.float64)
-    a = (torch.rand(64, 3, dtype=torch.float64) * 2 - 1).requires_grad_(True)
+    critic = misa.TwinCritic(5, 3, hidden=16, layers=2, num_agents=2).double()  # two agents' critics at once
+    obs = torch.randn(2, 64, 5, dtype=torch.float64)
+    a = (torch.rand(2, 64, 3, dtype=torch.float64) * 2 - 1).requires_grad_(True)
     q_min = critic(obs, a).min(0).values
     (auto,) = torch.autograd.grad(q_min.sum(), a)
     with torch.no_grad():
@@ -65,7 +65,7 @@ def gaussian_target(mu: float, sigma: float):
 
 def test_hmc_reproduces_gaussian_moments():
     torch.manual_seed(0)
-    init = torch.zeros(4000, 2)
+    init = torch.zeros(1, 4000, 2)
     samples, accept_rate, _ = misa.hmc_sample(gaussian_target(0.3, 0.2), init, num_samples=30, burnin=20,
                                               leapfrog_steps=2, step_size=0.15)
     flat = samples.reshape(-1, 2)
@@ -76,7 +76,7 @@ def test_hmc_reproduces_gaussian_moments():
 
 def test_hmc_step_size_adaptation_follows_the_spec():
     torch.manual_seed(0)
-    init = torch.zeros(512, 2)
+    init = torch.zeros(1, 512, 2)
     # tiny steps on a wide target: acceptance ~1 > 0.75, so eps grows by 1.01 on each of int(0.8 * 5) = 4 transitions
     _, accept, eps = misa.hmc_sample(gaussian_target(0.0, 1.0), init, 10, 5, 2, 0.01)
     assert math.isclose(eps.item(), 0.01 * 1.01**4, rel_tol=1e-6) and accept.item() > 0.99
@@ -88,10 +88,21 @@ def test_hmc_step_size_adaptation_follows_the_spec():
     assert eps.item() == 0.5
 
 
+def test_hmc_step_size_adapts_per_agent():
+    """Two agents' chains in one call: the wide target's step size grows and the narrow one's shrinks, each on its own
+    agent's acceptance only."""
+    torch.manual_seed(0)
+    sigma = torch.tensor([1.0, 0.01])[:, None, None]  # agent 0: wide target, agent 1: narrow
+    _, accept, eps = misa.hmc_sample(gaussian_target(0.0, sigma), torch.zeros(2, 512, 2), 10, 10, 2, 0.01)
+    assert eps.shape == accept.shape == (2,)
+    assert math.isclose(eps[0].item(), 0.01 * 1.01**8, rel_tol=1e-6) and accept[0].item() > 0.99
+    assert eps[1].item() < 0.01 * 1.01**8
+
+
 def test_hmc_rejects_proposals_outside_the_action_box_without_nans():
     torch.manual_seed(0)
-    mean, log_std = torch.zeros(256, 3), torch.zeros(256, 3)
-    init = torch.rand(256, 3) * 1.6 - 0.8
+    mean, log_std = torch.zeros(1, 256, 3), torch.zeros(1, 256, 3)
+    init = torch.rand(1, 256, 3) * 1.6 - 0.8
 
     def f(a):
         return misa.action_log_prob(a, mean, log_std), misa.action_log_prob_grad(a, mean, log_std)
@@ -128,7 +139,7 @@ def test_capped_exp_is_finite_and_increasing():
 
 def make_agent(**overrides):
     args = misa.Args(batch_size=64, hidden_dim=64, num_mc_samples=8, mcmc_burnin=2, **overrides)
-    return args, misa.MISA(args, obs_dim=3, act_dim=1, device=torch.device("cpu"))
+    return args, misa.MISA(args, obs_dim=3, act_dim=1, device=torch.device("cpu"), num_agents=1)
 
 
 def load_energy_batch(datasets_root):
@@ -146,11 +157,11 @@ def test_update_is_finite_and_moves_towards_the_data(datasets_root, bound):
     fixed = torch.arange(0, len(data["rewards"]), 7)
     def log_lik():
         with torch.no_grad():
-            mean, log_std = agent.actor(data["obs"][fixed])
-            return misa.action_log_prob(data["actions"][fixed], mean, log_std).mean().item()
+            mean, log_std = agent.actor(data["obs"][fixed][None])
+            return misa.action_log_prob(data["actions"][fixed][None], mean, log_std).mean().item()
     before = log_lik()
     for _ in range(50):
-        idx = torch.randint(len(data["rewards"]), (args.batch_size,))
+        idx = torch.randint(len(data["rewards"]), (1, args.batch_size))  # one agent
         metrics = agent.update(*(data[k][idx] for k in ("obs", "actions", "rewards", "next_obs", "dones")))
     assert all(torch.isfinite(v) for k, v in metrics.items() if "mcmc" not in k)
     assert 0.0 <= metrics["misa/mcmc_accept_rate"].item() <= 1.0
@@ -163,7 +174,7 @@ def test_td_error_falls_when_penalty_is_off(datasets_root):
     args, agent = make_agent(min_q_weight=0.0, mcmc=False)
     td = []
     for _ in range(300):
-        idx = torch.randint(len(data["rewards"]), (args.batch_size,))
+        idx = torch.randint(len(data["rewards"]), (1, args.batch_size))
         td.append(agent.update(*(data[k][idx] for k in ("obs", "actions", "rewards", "next_obs", "dones")))
                   ["losses/td_loss"].item())
     assert np.mean(td[-30:]) < 0.5 * np.mean(td[:30])
@@ -173,7 +184,8 @@ def test_losses_use_pre_update_parameters():
     """Stepping the critic first must not change the actor's gradient: all gradients are taken before any step."""
     torch.manual_seed(0)
     args, agent = make_agent(mcmc=False)
-    batch = (torch.randn(64, 3), torch.rand(64, 1) * 1.8 - 0.9, torch.randn(64), torch.randn(64, 3), torch.zeros(64))
+    batch = (torch.randn(1, 64, 3), torch.rand(1, 64, 1) * 1.8 - 0.9, torch.randn(1, 64), torch.randn(1, 64, 3),
+             torch.zeros(1, 64))
     before = {k: v.clone() for k, v in agent.actor.state_dict().items()}
     torch.manual_seed(1)
     agent.update(*batch)
@@ -234,7 +246,7 @@ def test_checkpoint_round_trip_and_resume_matches_uninterrupted_run(datasets_roo
     assert blob["args"]["num_mc_samples"] == 4 and "torch" in blob["rng"]
     # round trip: loading into a fresh agent restores every tensor
     args = misa.Args(**blob["args"])
-    agent = misa.MISA(args, 3, 1, torch.device("cpu"))
+    agent = misa.MISA(args, 3, 1, torch.device("cpu"), num_agents=1)
     agent.load_state_dict(blob["agent"])
     for k, v in agent.actor.state_dict().items():
         assert torch.equal(v, blob["agent"]["actor"][k])
@@ -276,7 +288,7 @@ def test_non_finite_loss_stops_the_run(datasets_root, tmp_path):
     r = run_script("misa_continuous.py", "--env-id", "test/pendulum/huge-v0", "--total-timesteps", "20",
                    "--eval-freq", "10", *TINY, cwd=tmp_path)
     assert r.returncode == 1
-    assert "non-finite critic_loss at step 1" in r.stderr and "Traceback" not in r.stderr
+    assert "non-finite critic_loss of seed 1 at step 1" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_help_documents_every_flag(tmp_path):

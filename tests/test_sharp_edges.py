@@ -185,7 +185,7 @@ def test_lagrange_multiplier_starts_at_log_alpha_prime_one(script, cls):
     module = MODULES[script]
     args = module.Args(hidden_dim=8)
     if cls == "MISA":
-        agent = module.MISA(args, 3, 1, torch.device("cpu"))
+        agent = module.MISA(args, 3, 1, torch.device("cpu"), num_agents=2)
     else:
-        agent = module.CQL(args, 3, 1, torch.device("cpu"), np.zeros(3, np.float32), np.ones(3, np.float32))
-    assert agent.log_alpha_prime.item() == 1.0
+        agent = module.CQL(args, 3, 1, torch.device("cpu"), np.zeros(3, np.float32), np.ones(3, np.float32), 2)
+    assert agent.log_alpha_prime.tolist() == [1.0, 1.0]

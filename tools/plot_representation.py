@@ -69,7 +69,7 @@ def critic_features(checkpoint: str, num_samples: int, seed: int) -> tuple[np.nd
     activation = getattr(net, "activation", F.relu)  # MISA's critics are ELU, CQL's ReLU
     with torch.no_grad():
         for w, b in zip(list(net.weights)[:-1], list(net.biases)[:-1]):
-            x = activation(x @ w[0] + b[0])  # member 0: the first critic
+            x = activation(x @ w[0, 0] + b[0, 0])  # the checkpoint's one agent, its first critic
     algo = "MISA" if cls_name == "MISA" else "CQL"
     return x.numpy(), data["rewards"][idx], f"{algo} on {args.env_id}, step {blob['step']}"
 
