@@ -1,6 +1,7 @@
 """MISA: Mutual Information Regularized Offline RL (Ma, Kang, Xu, Lin, Yan; NeurIPS 2023, arXiv 2210.07484).
 
     python misa_continuous.py --env-id walker2d-medium
+    python misa_continuous.py --env-id walker2d-medium --num-seeds 5    # seeds 1..5 in one process, one batched step
     python misa_continuous.py --env-id mujoco/walker2d/medium-v0 --save-model
     python misa_continuous.py --resume runs/<run_name>/checkpoint.pt --total-timesteps 1200000
 
@@ -447,7 +448,10 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (*members, N, in), or a shape that broadcasts to it; returns (*members, N, out)."""
         for i, (w, b) in enumerate(zip(self.weights, self.biases)):
-            x = torch.matmul(x, w) + b
+            if x.shape[:-2] == w.shape[:-2]:  # one input per member: one batched matmul with the bias fused (baddbmm)
+                x = torch.baddbmm(b.flatten(0, -3), x.flatten(0, -3), w.flatten(0, -3)).view(*w.shape[:-2], x.shape[-2], -1)
+            else:  # an input shared by several members (the twin critics' first layer): broadcast
+                x = torch.matmul(x, w) + b
             if i < len(self.weights) - 1:
                 x = self.activation(x)
         return x

@@ -2,6 +2,7 @@
 arXiv 2006.04779), CQL(H) on a SAC backbone.
 
     python baselines/cql_continuous.py --env-id walker2d-medium
+    python baselines/cql_continuous.py --env-id walker2d-medium --num-seeds 5    # seeds 1..5 in one process, one batched step
     python baselines/cql_continuous.py --env-id walker2d-medium --cql-lagrange
 
 One self-contained file in the same shape as misa_continuous.py (same data loading, checks, evaluation, logging,
@@ -453,7 +454,10 @@ class EnsembleMLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (*members, N, in), or a shape that broadcasts to it; returns (*members, N, out)."""
         for i, (w, b) in enumerate(zip(self.weights, self.biases)):
-            x = torch.matmul(x, w) + b
+            if x.shape[:-2] == w.shape[:-2]:  # one input per member: one batched matmul with the bias fused (baddbmm)
+                x = torch.baddbmm(b.flatten(0, -3), x.flatten(0, -3), w.flatten(0, -3)).view(*w.shape[:-2], x.shape[-2], -1)
+            else:  # an input shared by several members (the twin critics' first layer): broadcast
+                x = torch.matmul(x, w) + b
             if i < len(self.weights) - 1:
                 x = F.relu(x)
         return x

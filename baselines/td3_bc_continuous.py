@@ -1,6 +1,7 @@
 """TD3+BC: A Minimalist Approach to Offline Reinforcement Learning (Fujimoto & Gu, NeurIPS 2021, arXiv 2106.06860).
 
     python baselines/td3_bc_continuous.py --env-id walker2d-medium
+    python baselines/td3_bc_continuous.py --env-id walker2d-medium --num-seeds 5    # seeds 1..5 in one process, one batched step
 
 One self-contained file in the same shape as misa_continuous.py (same data loading, checks, evaluation, logging,
 checkpoints and --resume), so that one benchmark command line drives all four scripts. Hyperparameters are the
@@ -429,7 +430,10 @@ class EnsembleMLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (*members, N, in), or a shape that broadcasts to it; returns (*members, N, out)."""
         for i, (w, b) in enumerate(zip(self.weights, self.biases)):
-            x = torch.matmul(x, w) + b
+            if x.shape[:-2] == w.shape[:-2]:  # one input per member: one batched matmul with the bias fused (baddbmm)
+                x = torch.baddbmm(b.flatten(0, -3), x.flatten(0, -3), w.flatten(0, -3)).view(*w.shape[:-2], x.shape[-2], -1)
+            else:  # an input shared by several members (the twin critics' first layer): broadcast
+                x = torch.matmul(x, w) + b
             if i < len(self.weights) - 1:
                 x = F.relu(x)
         return x

@@ -17,7 +17,8 @@ FINAL_EPISODES=${FINAL_EPISODES:-100}
 SEEDS=${SEEDS:-3}
 ENVS=${ENVS:-"halfcheetah-medium halfcheetah-medium-replay halfcheetah-medium-expert hopper-medium hopper-medium-replay hopper-medium-expert walker2d-medium walker2d-medium-replay walker2d-medium-expert"}
 SCRIPTS=${SCRIPTS:-"baselines/td3_bc_continuous.py baselines/iql_continuous.py baselines/cql_continuous.py misa_continuous.py"}
-WORKERS=${WORKERS:-2}             # runs at a time (on one GPU they share it; CUDA MPS helps them overlap)
+WORKERS=${WORKERS:-2}             # processes at a time (on one GPU they share it; CUDA MPS helps them overlap)
+SEEDS_PER_PROCESS=${SEEDS_PER_PROCESS:-$SEEDS}  # the seeds of a (script, dataset) pair train in one process (--num-seeds)
 OUT=${OUT:-results-grid}
 PY=${PY:-python3}
 mkdir -p "$OUT/logs" "$OUT/csv"
@@ -54,7 +55,8 @@ for script in $SCRIPTS; do
   fi
   t0=$(date +%s)
   # shellcheck disable=SC2086
-  $PY benchmark.py --scripts "$script" --env-ids $ENVS --num-seeds "$SEEDS" --workers "$WORKERS" --resume \
+  $PY benchmark.py --scripts "$script" --env-ids $ENVS --num-seeds "$SEEDS" --seeds-per-process "$SEEDS_PER_PROCESS" \
+    --workers "$WORKERS" --resume \
     --output-dir "$OUT" --extra-args="$common $mode" || echo "some runs of $script failed: see $OUT/runs/logs"
   echo "$script: $(( $(date +%s) - t0 )) s for $SEEDS seeds x $(wc -w <<< "$ENVS") datasets at $STEPS steps"
 done
