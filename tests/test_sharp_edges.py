@@ -129,15 +129,18 @@ def test_overwrite_starts_afresh(datasets_root, tmp_path):
 
 
 class Tiny:
+    SHARED_STATE = ()
+
     def state_dict(self):
-        return {"w": torch.zeros(3)}
+        return {"w": torch.zeros(1, 3)}  # one agent
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_full_disk_while_checkpointing_keeps_the_previous_checkpoint(script, tmp_path, monkeypatch, capsys):
     module = MODULES[script]
-    path = tmp_path / "checkpoint.pt"
-    module.save_checkpoint(path, Tiny(), 10, module.Args(), "run")
+    path = tmp_path / "run" / "checkpoint.pt"
+    path.parent.mkdir()
+    module.save_checkpoints([path.parent], ["run"], Tiny(), 10, module.Args())
     before = path.read_bytes()
 
     def save_half_then_fail(obj, f, *args, **kwargs):
@@ -146,7 +149,7 @@ def test_full_disk_while_checkpointing_keeps_the_previous_checkpoint(script, tmp
 
     monkeypatch.setattr(module.torch, "save", save_half_then_fail)
     with pytest.raises(SystemExit) as exit_info:
-        module.save_checkpoint(path, Tiny(), 20, module.Args(), "run")
+        module.save_checkpoints([path.parent], ["run"], Tiny(), 20, module.Args())
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "could not write the checkpoint" in err and "previous checkpoint" in err
