@@ -44,7 +44,7 @@ def run(module, cls_name: str, algo: str, graphs: bool, compile: bool, steps: in
         num_seeds: int) -> tuple[dict, dict]:
     script_args = module.Args(cuda_graphs="on" if graphs else "off", compile=compile, num_seeds=num_seeds)
     torch.manual_seed(0)
-    agent, train_step, phase = make_step(module, cls_name, algo, script_args, data, device, num_seeds)
+    agent, train_step, phase = make_step(module, cls_name, algo, script_args, data, device)
     torch.manual_seed(1)
     metrics = {}
     for i in range(steps):

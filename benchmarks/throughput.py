@@ -90,9 +90,11 @@ def synthetic_dataset(n: int, obs_dim: int, act_dim: int, device: torch.device) 
             torch.randn(n, device=device), torch.randn(n, obs_dim, device=device), torch.zeros(n, device=device))
 
 
-def make_step(module, cls_name: str, algo: str, script_args, dataset: tuple, device: torch.device, num_agents: int):
-    """The agents, their training step built as the script builds it (`make_train_step`: one minibatch per agent drawn
-    on the device, then the update), and the step's Python arguments as a function of the step index."""
+def make_step(module, cls_name: str, algo: str, script_args, dataset: tuple, device: torch.device):
+    """The script_args.num_seeds agents, their training step built as the script builds it (`make_train_step`: one
+    minibatch per agent drawn on the device, then the update), and the step's Python arguments as a function of the
+    step index."""
+    num_agents = script_args.num_seeds
     agent = make_agent(module, cls_name, script_args, dataset[0].shape[1], dataset[1].shape[1], device, num_agents)
 
     def sample_batch():
@@ -155,7 +157,7 @@ def main(args: Args) -> None:
             for seeds in args.num_seeds:
                 script_args = module.Args(compile="compile" in mode, cuda_graphs="on" if "cuda-graphs" in mode else "off",
                                           num_seeds=seeds)
-                _, train_step, phase = make_step(module, cls_name, algo, script_args, dataset, device, seeds)
+                _, train_step, phase = make_step(module, cls_name, algo, script_args, dataset, device)
                 rate, count = time_steps(train_step, phase, args.warmup, args.seconds, device)
                 results.append({"algo": algo, "mode": mode, "num_seeds": seeds, "steps_per_s": rate,
                                 "agent_updates_per_s": seeds * rate, "ms_per_step": 1000 / rate, "steps_timed": count})

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import contextlib
 
-import numpy as np
 import pytest
 import torch
 import torch._inductor.config as inductor_config
 from conftest import ROOT, load_script
+
+throughput = load_script(ROOT / "benchmarks" / "throughput.py")  # its make_agent knows each script's constructor
 
 CASES = {
     "misa_continuous": ("misa_continuous.py", "MISA", dict(num_mc_samples=4, mcmc_burnin=2)),
@@ -36,10 +37,7 @@ def check_compiled_update_matches_eager(name):
 
     def make_agent():
         torch.manual_seed(0)
-        if cls_name == "MISA":
-            return module.MISA(args, 3, 1, torch.device("cpu"), num_agents=2)
-        return getattr(module, cls_name)(args, 3, 1, torch.device("cpu"), np.zeros(3, np.float32),
-                                         np.ones(3, np.float32), num_agents=2)
+        return throughput.make_agent(module, cls_name, args, 3, 1, torch.device("cpu"), num_agents=2)
 
     torch.manual_seed(5)  # two agents: the compiled step is the many-seed step
     batch = (torch.randn(2, 16, 3), torch.rand(2, 16, 1) * 1.9 - 0.95, torch.randn(2, 16), torch.randn(2, 16, 3),

@@ -21,19 +21,16 @@ CASES = {
     "cql_continuous": ("baselines/cql_continuous.py", "CQL", dict(cql_n_actions=3, cql_lagrange=True)),
 }
 MODULES = {name: load_script(ROOT / path) for name, (path, _, _) in CASES.items()}
+throughput = load_script(ROOT / "benchmarks" / "throughput.py")  # its make_agent knows each script's constructor
 OBS_DIM, ACT_DIM, BATCH = 3, 2, 16
 
 
 def builder(name: str):
     """num_agents -> a fresh stack of agents of the named script, at a tiny size."""
-    path, cls_name, overrides = CASES[name]
+    _, cls_name, overrides = CASES[name]
     module = MODULES[name]
     args = module.Args(hidden_dim=16, batch_size=BATCH, **overrides)
-    cls = getattr(module, cls_name)
-    if cls_name == "MISA":
-        return lambda n: cls(args, OBS_DIM, ACT_DIM, torch.device("cpu"), n)
-    stats = np.zeros(OBS_DIM, np.float32), np.ones(OBS_DIM, np.float32)
-    return lambda n: cls(args, OBS_DIM, ACT_DIM, torch.device("cpu"), *stats, n)
+    return lambda n: throughput.make_agent(module, cls_name, args, OBS_DIM, ACT_DIM, torch.device("cpu"), n)
 
 
 def minibatches(num_agents: int, seed: int) -> list[torch.Tensor]:

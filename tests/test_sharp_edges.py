@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import h5py
-import numpy as np
 import pytest
 import torch
 from conftest import ROOT, assert_clean_error, load_script, run_script
@@ -23,6 +22,7 @@ import make_tiny_dataset as tiny
 SCRIPTS = ["misa_continuous.py", "baselines/cql_continuous.py", "baselines/td3_bc_continuous.py",
            "baselines/iql_continuous.py"]
 MODULES = {path: load_script(ROOT / path) for path in SCRIPTS}
+THROUGHPUT = load_script(ROOT / "benchmarks" / "throughput.py")  # its make_agent knows each script's constructor
 
 
 # ------------------------------------------------------------------------------------------------ damaged datasets
@@ -187,8 +187,5 @@ def test_ctrl_c_during_the_first_use_build_is_one_line_and_keeps_nothing(script,
 def test_lagrange_multiplier_starts_at_log_alpha_prime_one(script, cls):
     module = MODULES[script]
     args = module.Args(hidden_dim=8)
-    if cls == "MISA":
-        agent = module.MISA(args, 3, 1, torch.device("cpu"), num_agents=2)
-    else:
-        agent = module.CQL(args, 3, 1, torch.device("cpu"), np.zeros(3, np.float32), np.ones(3, np.float32), 2)
+    agent = THROUGHPUT.make_agent(module, cls, args, 3, 1, torch.device("cpu"), num_agents=2)
     assert agent.log_alpha_prime.tolist() == [1.0, 1.0]
