@@ -90,6 +90,11 @@ class Args:
     tf32: bool = False
     """allow TF32 matrix products on CUDA (faster on Ampere and newer GPUs, with 10 mantissa bits; JAX's default there);
     off until a GPU ablation shows that learning is unchanged (docs/performance.md). No effect on the CPU"""
+    steps_per_replay: int = 1
+    """gradient steps per call of the training step; with CUDA graphs one graph holds that many consecutive steps and
+    one replay runs them all, so launch and Python costs are paid once per that many steps (as lax.scan does in JAX).
+    The steps are the same; a call never runs past a log, evaluation or the last step (shorter stretches run one
+    step per call)"""
 
     env_id: str = "walker2d-medium"
     """a Minari dataset id (e.g. mujoco/walker2d/medium-v0) or a short D4RL-style name (e.g. hopper-medium-replay)"""
@@ -171,6 +176,7 @@ def validate_args(args: Args) -> None:
         ("final-eval-episodes", args.final_eval_episodes >= 1, "an integer >= 1"),
         ("batch-size", args.batch_size >= 1, "an integer >= 1"),
         ("log-freq", args.log_freq >= 1, "an integer >= 1"),
+        ("steps-per-replay", args.steps_per_replay >= 1, "an integer >= 1"),
         ("hidden-dim", args.hidden_dim >= 1, "an integer >= 1"),
         ("num-layers", args.num_layers >= 1, "an integer >= 1"),
         ("gamma", 0.0 <= args.gamma <= 1.0, "a number in [0, 1]"),
@@ -687,12 +693,37 @@ class CUDAGraphStep:
         return self.outputs[key]
 
 
-def make_train_step(agent, args: Args, device: torch.device, sample_batch: Callable[[], tuple]) -> Callable[..., dict]:
-    """One gradient step, `sample_batch()` then `agent.update`, compiled and/or graph-captured as the flags ask."""
+class NonFiniteWatch:
+    """Remembers, on the device, the first step whose losses were not finite and which losses of which agents they
+    were; the loop reads it back only when it logs or evaluates, so no step waits for the host. Its tensors are
+    updated in place, so a CUDA graph that captured `record` keeps updating them on every replay."""
+
+    def __init__(self, loss_names: tuple[str, ...], num_agents: int, step: int, device: torch.device):
+        self.loss_names = loss_names
+        self.step = torch.full((), step, dtype=torch.long, device=device)  # steps done, counted on the device
+        self.first_bad_step = torch.full((), -1, dtype=torch.long, device=device)
+        self.bad_losses = torch.zeros(len(loss_names), num_agents, dtype=torch.bool, device=device)
+
+    def record(self, metrics: dict[str, torch.Tensor]) -> None:
+        self.step.add_(1)
+        finite = torch.isfinite(torch.stack([metrics[f"losses/{n}"] for n in self.loss_names]))  # (losses, S)
+        newly_bad = (self.first_bad_step < 0) & ~finite.all()
+        self.bad_losses.copy_(torch.where(newly_bad, ~finite, self.bad_losses))
+        self.first_bad_step.copy_(torch.where(newly_bad, self.step, self.first_bad_step))
+
+
+def make_train_step(agent, args: Args, device: torch.device, sample_batch: Callable[[], tuple],
+                    watch: NonFiniteWatch) -> Callable[..., dict]:
+    """`train_step(*phases)` takes len(phases) gradient steps, each `sample_batch()` then `agent.update(*batch,
+    *phase)`, and returns the last step's metrics; compiled and/or graph-captured as the flags ask (one CUDA graph
+    per distinct `phases`, so --steps-per-replay K puts K steps in one graph)."""
     update = torch.compile(agent.update, mode=args.compile_mode) if args.compile else agent.update
 
-    def train_step(*phase) -> dict[str, torch.Tensor]:
-        return update(*sample_batch(), *phase)
+    def train_step(*phases: tuple) -> dict[str, torch.Tensor]:
+        for phase in phases:
+            metrics = update(*sample_batch(), *phase)
+            watch.record(metrics)
+        return metrics
 
     return CUDAGraphStep(train_step) if use_cuda_graphs(args, device) else train_step
 
@@ -954,15 +985,15 @@ def main(args: Args) -> None:
           f"{dataset.spec.dataset_id}, rewards: {reward_mode}, normalised score from {ref_source}"
           + (f"; dataset presets applied: {', '.join(presets)}" if presets else ""))
     last_score = float("nan")
-    first_bad_step = torch.full((), -1, dtype=torch.long, device=device)  # first step with a non-finite loss
-    bad_losses = torch.zeros(len(CQL.LOSS_NAMES), args.num_seeds, dtype=torch.bool, device=device)
+    watch = NonFiniteWatch(CQL.LOSS_NAMES, args.num_seeds, step, device)
 
     def check_finite() -> None:
-        if first_bad_step.item() >= 0:
-            bad = bad_losses.tolist()
+        if watch.first_bad_step.item() >= 0:
+            bad = watch.bad_losses.tolist()
             names = [f"{n} of seed {seed}" for n, row in zip(CQL.LOSS_NAMES, bad) for seed, b in zip(seeds, row) if b]
             kept = "the last good checkpoints are kept" if checkpoint_paths[0].exists() else "no checkpoint was written"
-            print(f"error: non-finite {', '.join(names)} at step {first_bad_step.item()}; stopping ({kept})", file=sys.stderr)
+            print(f"error: non-finite {', '.join(names)} at step {watch.first_bad_step.item()}; stopping ({kept})",
+                  file=sys.stderr)
             sys.exit(1)
 
     bar = tqdm(total=args.total_timesteps, initial=step, desc=ALGO, unit="step", dynamic_ncols=True, mininterval=1.0)
@@ -971,18 +1002,16 @@ def main(args: Args) -> None:
         idx = torch.randint(num_transitions, (args.num_seeds, args.batch_size), device=device)
         return tuple(buffer[k][idx] for k in ("obs", "actions", "rewards", "next_obs", "dones"))
 
-    train_step = make_train_step(agent, args, device, sample_batch)
+    train_step = make_train_step(agent, args, device, sample_batch, watch)
     start_time, start_step, eval_seconds = time.time(), step, 0.0
     try:
         while step < args.total_timesteps:
-            metrics = train_step()
-            losses = torch.stack([metrics[f"losses/{n}"] for n in CQL.LOSS_NAMES])  # (losses, S)
-            finite = torch.isfinite(losses)
-            newly_bad = (first_bad_step < 0) & ~finite.all()
-            bad_losses = torch.where(newly_bad, ~finite, bad_losses)
-            first_bad_step = torch.where(newly_bad, torch.full_like(first_bad_step, step + 1), first_bad_step)
-            step += 1
-            bar.update(1)
+            # --steps-per-replay steps per call, never past the next log, evaluation or the last step
+            n = min(args.log_freq - step % args.log_freq, args.eval_freq - step % args.eval_freq, args.total_timesteps - step)
+            n = args.steps_per_replay if n >= args.steps_per_replay else 1
+            metrics = train_step(*[() for s in range(step, step + n)])
+            step += n
+            bar.update(n)
 
             if step % args.log_freq == 0 or step == args.total_timesteps:
                 check_finite()

@@ -2,6 +2,7 @@
 
     python benchmarks/check_cuda_graphs.py                 # all four scripts, 20 steps each
     python benchmarks/check_cuda_graphs.py --compile       # torch.compile + CUDA graphs against eager
+    python benchmarks/check_cuda_graphs.py --steps-per-replay 5   # five steps per graph replay against eager
 
 For each script, two agents start from the same initialisation and the same random state and take the same number
 of steps on the same synthetic device-resident dataset: one eager (`--cuda-graphs off`), one through the script's
@@ -36,19 +37,23 @@ class Args:
     numbers as eager code)"""
     num_seeds: int = 1
     """agents trained together in each step (the scripts' --num-seeds)"""
+    steps_per_replay: int = 1
+    """steps per call of the graph-captured step (the scripts' --steps-per-replay; --steps must be a multiple); the
+    eager run takes one step per call"""
     atol: float = 1e-3
     """largest allowed absolute parameter difference after --steps steps"""
 
 
 def run(module, cls_name: str, algo: str, graphs: bool, compile: bool, steps: int, data, device,
-        num_seeds: int) -> tuple[dict, dict]:
-    script_args = module.Args(cuda_graphs="on" if graphs else "off", compile=compile, num_seeds=num_seeds)
+        num_seeds: int, steps_per_replay: int = 1) -> tuple[dict, dict]:
+    script_args = module.Args(cuda_graphs="on" if graphs else "off", compile=compile, num_seeds=num_seeds,
+                              steps_per_replay=steps_per_replay)
     torch.manual_seed(0)
-    agent, train_step, phase = make_step(module, cls_name, algo, script_args, data, device)
+    agent, run_steps = make_step(module, cls_name, algo, script_args, data, device)
     torch.manual_seed(1)
     metrics = {}
-    for i in range(steps):
-        metrics = train_step(*phase(i))
+    for i in range(0, steps, steps_per_replay):
+        metrics = run_steps(i)
     torch.cuda.synchronize()
     params = {f"{name}.{k}": v.detach().clone() for name in ("actor", "critic")
               for k, v in getattr(agent, name).state_dict().items()}
@@ -58,6 +63,8 @@ def run(module, cls_name: str, algo: str, graphs: bool, compile: bool, steps: in
 def main(args: Args) -> None:
     if not torch.cuda.is_available():
         sys.exit("error: CUDA graphs need a GPU; torch.cuda.is_available() is False here")
+    if args.steps % args.steps_per_replay:
+        sys.exit(f"error: --steps {args.steps} must be a multiple of --steps-per-replay {args.steps_per_replay}")
     device = torch.device("cuda")
     if args.compile:  # compiled kernels draw the same random numbers as eager ones
         import torch._inductor.config as inductor_config
@@ -71,7 +78,7 @@ def main(args: Args) -> None:
         module = load(path)
         eager_params, eager_metrics = run(module, cls_name, algo, False, False, args.steps, data, device, args.num_seeds)
         graph_params, graph_metrics = run(module, cls_name, algo, True, args.compile, args.steps, data, device,
-                                          args.num_seeds)
+                                          args.num_seeds, args.steps_per_replay)
         worst = max((eager_params[k] - graph_params[k]).abs().max().item() for k in eager_params)
         worst_overall = max(worst_overall, worst)
         moved = max((eager_params[k] - v).abs().max().item() for k, v in

@@ -5,13 +5,15 @@
     python benchmarks/throughput.py --modes eager cuda-graphs compile+cuda-graphs   # on a GPU
     python benchmarks/throughput.py --algos misa --profile 20   # where the time goes (torch.profiler)
     python benchmarks/throughput.py --num-seeds 1 4 16          # many agents in one step (--num-seeds)
+    python benchmarks/throughput.py --modes cuda-graphs --steps-per-replay 1 8 32   # several steps per graph replay
 
 Observations of size 17, actions of size 6, batch 256 (the scripts' default), random data. Each mode builds the
 training step exactly as the script does (`make_train_step`: minibatch sampling from a device-resident dataset, then
 the update; compiled and/or captured in a CUDA graph). After --warmup steps, steps are timed until --seconds have
 passed (with a device sync at both ends, none in between). With --num-seeds S the step trains S agents at once, as
 the scripts' --num-seeds does: the table gives steps per second, agent-updates per second (S x steps/s) and the time
-of one step. Prints a markdown table with the device and torch version; --out also writes it as JSON.
+of one step. With --steps-per-replay K each call of the step runs K steps (one CUDA graph replay in the graph modes),
+as the scripts' --steps-per-replay does. Prints a markdown table with the device and torch version; --out also writes it as JSON.
 """
 
 from __future__ import annotations
@@ -47,8 +49,10 @@ class Args:
     both; the graph modes need CUDA and are skipped on the CPU"""
     num_seeds: list[int] = field(default_factory=lambda: [1])
     """agents trained together in one step (the scripts' --num-seeds); each value is timed"""
+    steps_per_replay: list[int] = field(default_factory=lambda: [1])
+    """gradient steps per call of the training step (the scripts' --steps-per-replay); each value is timed"""
     warmup: int = 10
-    """untimed steps first (compilation and graph capture happen here)"""
+    """untimed steps first, in at least 4 calls (compilation and graph capture, on the 4th call, happen here)"""
     dataset_size: int = 100_000
     """transitions in the synthetic device-resident dataset the steps sample from"""
     profile: int = 0
@@ -91,9 +95,10 @@ def synthetic_dataset(n: int, obs_dim: int, act_dim: int, device: torch.device) 
 
 
 def make_step(module, cls_name: str, algo: str, script_args, dataset: tuple, device: torch.device):
-    """The script_args.num_seeds agents, their training step built as the script builds it (`make_train_step`: one
-    minibatch per agent drawn on the device, then the update), and the step's Python arguments as a function of the
-    step index."""
+    """The script_args.num_seeds agents and `run_steps(first)`, which takes the script_args.steps_per_replay steps
+    first, first + 1, ... in one call of the training step built as the script builds it (`make_train_step`: one
+    minibatch per agent drawn on the device, then the update, --steps-per-replay times) and returns their last
+    metrics."""
     num_agents = script_args.num_seeds
     agent = make_agent(module, cls_name, script_args, dataset[0].shape[1], dataset[1].shape[1], device, num_agents)
 
@@ -101,37 +106,44 @@ def make_step(module, cls_name: str, algo: str, script_args, dataset: tuple, dev
         idx = torch.randint(len(dataset[0]), (num_agents, script_args.batch_size), device=device)
         return tuple(x[idx] for x in dataset)
 
-    train_step = module.make_train_step(agent, script_args, device, sample_batch)
+    watch = module.NonFiniteWatch(getattr(module, cls_name).LOSS_NAMES, num_agents, 0, device)
+    train_step = module.make_train_step(agent, script_args, device, sample_batch, watch)
     # TD3+BC's delayed actor step is chosen by the caller, as in its training loop
     phase = (lambda i: ((i + 1) % script_args.policy_freq == 0,)) if algo == "td3_bc" else (lambda i: ())
-    return agent, train_step, phase
+
+    def run_steps(first: int) -> dict:
+        return train_step(*[phase(i) for i in range(first, first + script_args.steps_per_replay)])
+
+    return agent, run_steps
 
 
-def time_steps(train_step, phase, warmup: int, seconds: float, device: torch.device) -> tuple[float, int]:
+def time_steps(run_steps, steps_per_call: int, warmup: int, seconds: float, device: torch.device) -> tuple[float, int]:
     def sync():
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    for n in range(warmup):
-        train_step(*phase(n))
+    n = 0
+    for _ in range(max(4, -(-warmup // steps_per_call))):  # the graph modes capture on a key's 4th call
+        run_steps(n)
+        n += steps_per_call
     sync()
-    start, n = time.perf_counter(), warmup
+    start, first = time.perf_counter(), n
     while True:
-        for _ in range(5):  # check the clock every few steps only
-            train_step(*phase(n))
-            n += 1
+        for _ in range(5):  # check the clock every few calls only
+            run_steps(n)
+            n += steps_per_call
         sync()
         if time.perf_counter() - start >= seconds:
-            return (n - warmup) / (time.perf_counter() - start), n - warmup
+            return (n - first) / (time.perf_counter() - start), n - first
 
 
-def profile_steps(train_step, phase, num_steps: int, device: torch.device) -> str:
+def profile_steps(run_steps, steps_per_call: int, num_steps: int, device: torch.device) -> str:
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:
-        for n in range(num_steps):
-            train_step(*phase(n))
+        for n in range(0, num_steps, steps_per_call):
+            run_steps(n)
         if device.type == "cuda":
             torch.cuda.synchronize()
     sort_by = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
@@ -154,28 +166,29 @@ def main(args: Args) -> None:
             if "cuda-graphs" in mode and device.type != "cuda":
                 print(f"{algo:7s} {mode}: skipped (CUDA graphs need a GPU)", file=sys.stderr)
                 continue
-            for seeds in args.num_seeds:
+            for seeds, k in [(s, k) for s in args.num_seeds for k in args.steps_per_replay]:
                 script_args = module.Args(compile="compile" in mode, cuda_graphs="on" if "cuda-graphs" in mode else "off",
-                                          num_seeds=seeds)
-                _, train_step, phase = make_step(module, cls_name, algo, script_args, dataset, device)
-                rate, count = time_steps(train_step, phase, args.warmup, args.seconds, device)
-                results.append({"algo": algo, "mode": mode, "num_seeds": seeds, "steps_per_s": rate,
-                                "agent_updates_per_s": seeds * rate, "ms_per_step": 1000 / rate, "steps_timed": count})
-                print(f"{algo:7s} {mode:20s} S={seeds:<3d} {rate:9.2f} steps/s, {seeds * rate:9.2f} agent-updates/s "
-                      f"({count} steps)", file=sys.stderr)
+                                          num_seeds=seeds, steps_per_replay=k)
+                _, run_steps = make_step(module, cls_name, algo, script_args, dataset, device)
+                rate, count = time_steps(run_steps, k, args.warmup, args.seconds, device)
+                results.append({"algo": algo, "mode": mode, "num_seeds": seeds, "steps_per_replay": k,
+                                "steps_per_s": rate, "agent_updates_per_s": seeds * rate, "ms_per_step": 1000 / rate,
+                                "steps_timed": count})
+                print(f"{algo:7s} {mode:20s} S={seeds:<3d} K={k:<3d} {rate:9.2f} steps/s, {seeds * rate:9.2f} "
+                      f"agent-updates/s ({count} steps)", file=sys.stderr)
                 if args.profile > 0:
-                    print(f"\n## profile: {algo}, {mode}, S={seeds}, {args.profile} steps\n", flush=True)
-                    print(profile_steps(train_step, phase, args.profile, device), flush=True)
+                    print(f"\n## profile: {algo}, {mode}, S={seeds}, K={k}, {args.profile} steps\n", flush=True)
+                    print(profile_steps(run_steps, k, args.profile, device), flush=True)
     header = {"device": device_name, "torch": torch.__version__, "tf32": args.tf32, "batch_size": "script default",
               "obs_dim": args.obs_dim, "act_dim": args.act_dim}
     print(f"\ndevice: {device_name}; torch {torch.__version__}; obs {args.obs_dim}, act {args.act_dim}, "
           f"each script's default configuration\n")
-    print("| script | mode | seeds S | steps/s | agent-updates/s | ms per step | 1M steps (S agents) take |")
-    print("|---|---|---|---|---|---|---|")
+    print("| script | mode | seeds S | steps per replay K | steps/s | agent-updates/s | ms per step | 1M steps (S agents) take |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in results:
         hours = 1e6 / r["steps_per_s"] / 3600
-        print(f"| {r['algo']} | {r['mode']} | {r['num_seeds']} | {r['steps_per_s']:.2f} | {r['agent_updates_per_s']:.2f} "
-              f"| {r['ms_per_step']:.2f} | {hours:.1f} h |")
+        print(f"| {r['algo']} | {r['mode']} | {r['num_seeds']} | {r['steps_per_replay']} | {r['steps_per_s']:.2f} "
+              f"| {r['agent_updates_per_s']:.2f} | {r['ms_per_step']:.2f} | {hours:.1f} h |")
     if args.out:
         Path(args.out).write_text(json.dumps({**header, "results": results}, indent=2) + "\n")
 

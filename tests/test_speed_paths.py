@@ -1,0 +1,96 @@
+"""The fast paths of the speed round beside their references, on the CPU: --steps-per-replay (several training steps
+per call of the step, one CUDA-graph replay on a GPU) takes exactly the steps that one step per call takes, and the
+device-side watch of non-finite losses names the right step. benchmarks/check_cuda_graphs.py is the GPU counterpart."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+import torch
+from conftest import ROOT, load_script, run_script
+
+CASES = {
+    "misa_continuous": ("misa_continuous.py", "MISA", "misa", dict(num_mc_samples=4, mcmc_burnin=2)),
+    "td3_bc_continuous": ("baselines/td3_bc_continuous.py", "TD3BC", "td3_bc", {}),
+    "iql_continuous": ("baselines/iql_continuous.py", "IQL", "iql", {}),
+    "cql_continuous": ("baselines/cql_continuous.py", "CQL", "cql", dict(cql_n_actions=3)),
+}
+MODULES = {name: load_script(ROOT / path) for name, (path, *_) in CASES.items()}
+throughput = load_script(ROOT / "benchmarks" / "throughput.py")  # builds the step as the scripts' loops do
+
+
+def train(name: str, steps_per_replay: int, steps: int) -> tuple[dict, dict, int]:
+    path, cls_name, algo, overrides = CASES[name]
+    module = MODULES[name]
+    args = module.Args(hidden_dim=16, batch_size=8, num_seeds=2, steps_per_replay=steps_per_replay, **overrides)
+    torch.manual_seed(0)
+    data = throughput.synthetic_dataset(64, 3, 2, torch.device("cpu"))
+    agent, run_steps = throughput.make_step(module, cls_name, algo, args, data, torch.device("cpu"))
+    torch.manual_seed(1)
+    calls = 0
+    for first in range(0, steps, steps_per_replay):
+        metrics = run_steps(first)
+        calls += 1
+    params = {f"{m}.{k}": v.clone() for m in ("actor", "critic") for k, v in getattr(agent, m).state_dict().items()}
+    return params, metrics, calls
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_several_steps_per_call_take_the_same_steps(name):
+    """Six steps as two calls of three equal six calls of one, bit for bit (TD3+BC's delayed actor steps included)."""
+    one_params, one_metrics, one_calls = train(name, 1, 6)
+    three_params, three_metrics, three_calls = train(name, 3, 6)
+    assert (one_calls, three_calls) == (6, 2)
+    for key, value in one_params.items():
+        assert torch.equal(value, three_params[key]), key
+    for key, value in one_metrics.items():  # the call returns the metrics of its last step
+        assert torch.equal(value, three_metrics[key]) or not torch.isfinite(value).all(), key
+
+
+def test_non_finite_watch_names_the_first_bad_step_and_loss():
+    module = MODULES["td3_bc_continuous"]
+    watch = module.NonFiniteWatch(("critic_loss", "actor_loss"), 3, 100, torch.device("cpu"))
+    good = {"losses/critic_loss": torch.zeros(3), "losses/actor_loss": torch.zeros(3)}
+    bad = {"losses/critic_loss": torch.tensor([0.0, float("nan"), 0.0]), "losses/actor_loss": torch.zeros(3)}
+    worse = {"losses/critic_loss": torch.full((3,), float("inf")), "losses/actor_loss": torch.full((3,), float("nan"))}
+    for metrics in (good, good, bad, worse, good):
+        watch.record(metrics)
+    assert watch.step.item() == 105
+    assert watch.first_bad_step.item() == 103  # the third step after step 100; later ones do not overwrite it
+    assert watch.bad_losses.tolist() == [[False, True, False], [False, False, False]]
+
+
+def read_csv(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_steps_per_replay_run_matches_one_step_per_call(datasets_root, tmp_path):
+    """End to end: --steps-per-replay 4 with logs every 5 steps and evaluations every 10 (calls of 4 and 1 steps)
+    writes the same evaluations and the same checkpoint as one step per call."""
+    common = ("--env-id", "test/pendulum/energy-v0", "--total-timesteps", "23", "--eval-freq", "10", "--log-freq", "5",
+              "--eval-episodes", "1", "--final-eval-episodes", "1", "--batch-size", "16", "--hidden-dim", "16",
+              "--save-model", "--no-cuda")
+    for k in (1, 4):
+        r = run_script("baselines/td3_bc_continuous.py", *common, "--steps-per-replay", str(k), "--run-name", f"k{k}",
+                       cwd=tmp_path, timeout=300)
+        assert r.returncode == 0, r.stderr
+    one, four = (tmp_path / "runs" / "k1", tmp_path / "runs" / "k4")
+    assert [r["step"] for r in read_csv(four / "evaluations.csv")] == ["10", "20", "23"]
+    assert read_csv(one / "evaluations.csv") == read_csv(four / "evaluations.csv")
+    a = torch.load(one / "checkpoint.pt", weights_only=False)["agent"]
+    b = torch.load(four / "checkpoint.pt", weights_only=False)["agent"]
+    for part in ("actor", "critic"):
+        for key, value in a[part].items():
+            assert torch.equal(value, b[part][key]), (part, key)
+
+
+def test_non_finite_loss_is_reported_at_its_step_with_several_steps_per_call(datasets_root, tmp_path):
+    r = run_script("misa_continuous.py", "--env-id", "test/pendulum/huge-v0", "--total-timesteps", "20",
+                   "--eval-freq", "10", "--log-freq", "10", "--steps-per-replay", "4", "--num-mc-samples", "2",
+                   "--mcmc-burnin", "1", "--batch-size", "8", "--hidden-dim", "8", "--eval-episodes", "1",
+                   "--final-eval-episodes", "1", "--no-cuda", cwd=tmp_path, timeout=300)
+    assert r.returncode == 1
+    assert "non-finite critic_loss of seed 1 at step 1" in r.stderr and "Traceback" not in r.stderr
+
