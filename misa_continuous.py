@@ -477,28 +477,27 @@ class TwinCritic(nn.Module):
         x = torch.cat([obs, act], -1).reshape(lead[0], 1, -1, obs.shape[-1] + act.shape[-1])  # both critics see x
         return self.net(x).reshape(lead[0], 2, *lead[1:]).movedim(1, 0)
 
-    def min_q_and_action_grad(self, obs: torch.Tensor, act: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """min_i Q_i(s, a) (S, B) and its gradient in a (S, B, act_dim), backpropagated by hand: the HMC chain calls
-        this 111 times per step, and a plain tensor function has no autograd overhead and can be fused by
-        torch.compile. The gradient flows through the critic that attains the min, as autograd's would. Call under
-        no_grad."""
+    def state_part(self, obs: torch.Tensor) -> torch.Tensor:
+        """The state's share of both critics' first layer, s W1[:obs_dim] + b1, (S, 2, B, hidden): along an HMC chain
+        the state does not change, so this is computed once per gradient step, not once per chain evaluation."""
+        return torch.matmul(obs.unsqueeze(1), self.net.weights[0][..., :obs.shape[-1], :]) + self.net.biases[0]
+
+    def min_q_and_action_grad(self, state_part: torch.Tensor, act: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """min_i Q_i(s, a) (S, B) and its gradient in a (S, B, act_dim), from `state_part(s)` and a, backpropagated by
+        hand: the HMC chain calls this 111 times per step, and a plain tensor function has no autograd overhead and
+        can be fused by torch.compile. The gradient flows through the critic that attains the min, as autograd's
+        would. Call under no_grad."""
         weights, biases = list(self.net.weights), list(self.net.biases)
-        h, pre_activations = torch.cat([obs, act], -1).unsqueeze(1), []  # (S, 1, B, in): both critics see it
-        for i, (w, b) in enumerate(zip(weights, biases)):
-            z = torch.matmul(h, w) + b
-            if i < len(weights) - 1:
-                pre_activations.append(z)
-                h = F.elu(z)
+        action_rows = weights[0][..., weights[0].shape[-2] - act.shape[-1]:, :]  # layer 1's rows that multiply a
+        z, pre_activations = state_part + torch.matmul(act.unsqueeze(1), action_rows), []  # (S, 2, B, hidden)
+        for w, b in zip(weights[1:], biases[1:]):
+            pre_activations.append(z)
+            z = torch.matmul(F.elu(z), w) + b
         q_min, argmin = z.squeeze(-1).min(1)  # (S, B)
         grad = (argmin.unsqueeze(1) == torch.arange(2, device=z.device)[:, None]).to(z.dtype).unsqueeze(-1)  # dq_min/dQ_i (S, 2, B, 1)
-        # A deliberate graph break under --compile. Without it torch.compile traces the whole 55-transition chain into
-        # one graph, which had not finished compiling after 2 minutes on an H100 machine; with it, compilation took
-        # 45 s there (docs/performance.md).
-        torch._dynamo.graph_break()
         for w, z in zip(reversed(weights[1:]), reversed(pre_activations)):
             grad = torch.matmul(grad, w.transpose(-1, -2)) * torch.where(z > 0, 1.0, torch.exp(z.clamp(max=0.0)))  # ELU'
-        grad = torch.matmul(grad, weights[0][..., obs.shape[-1]:, :].transpose(-1, -2))  # the action rows of layer 1
-        return q_min, grad.sum(1)
+        return q_min, torch.matmul(grad, action_rows.transpose(-1, -2)).sum(1)
 
 
 class Actor(nn.Module):
@@ -549,16 +548,48 @@ def sample_actions(mean: torch.Tensor, log_std: torch.Tensor, num_samples: Optio
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Hamiltonian Monte Carlo
+def hmc_transition(log_density_and_grad: Callable[..., tuple[torch.Tensor, torch.Tensor]], target: tuple,
+                   position: torch.Tensor, log_p: torch.Tensor, grad: torch.Tensor, eps: torch.Tensor,
+                   leapfrog_steps: int, adapt: bool) -> tuple[torch.Tensor, ...]:
+    """One HMC transition of every chain: a fresh momentum, `leapfrog_steps` leapfrog steps, the Metropolis-Hastings
+    accept/reject of each chain and, if `adapt`, each agent's step-size update. The density is
+    `log_density_and_grad(action, *target)`. Returns the new (position, log_p, grad, eps) and which chains accepted."""
+    momentum0 = torch.randn_like(position)
+    momentum = momentum0 + 0.5 * eps * grad
+    proposal = position
+    for leap in range(leapfrog_steps):
+        proposal = proposal + eps * momentum
+        new_log_p, new_grad = log_density_and_grad(proposal, *target)
+        if leap < leapfrog_steps - 1:
+            momentum = momentum + eps * new_grad
+    momentum = momentum + 0.5 * eps * new_grad
+    log_ratio = new_log_p - log_p + 0.5 * momentum0.pow(2).sum(-1) - 0.5 * momentum.pow(2).sum(-1)
+    log_ratio = torch.where(torch.isfinite(log_ratio), log_ratio, torch.full_like(log_ratio, -torch.inf))
+    accept = torch.log(torch.rand_like(log_ratio)) < log_ratio
+    if adapt:
+        mean_accept_prob = torch.exp(log_ratio.clamp(max=0.0)).mean(-1)  # (S,): over each agent's chains
+        eps = torch.where(mean_accept_prob[:, None, None] > 0.75, eps * 1.01, eps / 1.01)
+    position = torch.where(accept[..., None], proposal, position)
+    log_p = torch.where(accept, new_log_p, log_p)
+    grad = torch.where(accept[..., None], new_grad, grad)
+    return position, log_p, grad, eps, accept
+
+
+@torch.compiler.disable  # under --compile the chain stays a Python loop that calls one compiled transition 55 times
+@torch.no_grad()
 def hmc_sample(
-    log_density_and_grad: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+    log_density_and_grad: Callable[..., tuple[torch.Tensor, torch.Tensor]],
     init: torch.Tensor,
     num_samples: int,
     burnin: int,
     leapfrog_steps: int,
     step_size: float,
+    target: tuple = (),
+    transition: Callable[..., tuple[torch.Tensor, ...]] = hmc_transition,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One chain per state of each agent: `init` (S, B, D). Returns the kept samples (S, num_samples, B, D), each
-    agent's acceptance rate over the kept transitions and its final step size ((S,) tensors: no host sync).
+    """One chain per state of each agent: `init` (S, B, D); the density is `log_density_and_grad(action, *target)`.
+    Returns the kept samples (S, num_samples, B, D), each agent's acceptance rate over the kept transitions and its
+    final step size ((S,) tensors: no host sync). `transition` is `hmc_transition`, or that function compiled.
 
     Each agent has one step size, shared by its B chains; on the first 80% of burn-in it is multiplied by 1.01 when
     the mean acceptance probability of that agent's chains exceeds 0.75 and divided by 1.01 otherwise. A non-finite
@@ -567,31 +598,24 @@ def hmc_sample(
     eps = torch.full((num_agents, 1, 1), float(step_size), device=init.device)  # a fill, not a host copy: capturable
     adapt_steps = int(0.8 * burnin)
     position = init
-    log_p, grad = log_density_and_grad(position)
+    log_p, grad = log_density_and_grad(position, *target)
     samples, accepted = [], torch.zeros(num_agents, device=init.device)
     for t in range(burnin + num_samples):
-        momentum0 = torch.randn_like(position)
-        momentum = momentum0 + 0.5 * eps * grad
-        proposal = position
-        for leap in range(leapfrog_steps):
-            proposal = proposal + eps * momentum
-            new_log_p, new_grad = log_density_and_grad(proposal)
-            if leap < leapfrog_steps - 1:
-                momentum = momentum + eps * new_grad
-        momentum = momentum + 0.5 * eps * new_grad
-        log_ratio = new_log_p - log_p + 0.5 * momentum0.pow(2).sum(-1) - 0.5 * momentum.pow(2).sum(-1)
-        log_ratio = torch.where(torch.isfinite(log_ratio), log_ratio, torch.full_like(log_ratio, -torch.inf))
-        accept = torch.log(torch.rand_like(log_ratio)) < log_ratio
-        if t < adapt_steps:
-            mean_accept_prob = torch.exp(log_ratio.clamp(max=0.0)).mean(-1)  # (S,): over each agent's chains
-            eps = torch.where(mean_accept_prob[:, None, None] > 0.75, eps * 1.01, eps / 1.01)
-        position = torch.where(accept[..., None], proposal, position)
-        log_p = torch.where(accept, new_log_p, log_p)
-        grad = torch.where(accept[..., None], new_grad, grad)
+        position, log_p, grad, eps, accept = transition(log_density_and_grad, target, position, log_p, grad, eps,
+                                                        leapfrog_steps, t < adapt_steps)
         if t >= burnin:
             samples.append(position)
             accepted = accepted + accept.float().mean(-1)
     return torch.stack(samples, 1), accepted / num_samples, eps.view(num_agents)
+
+
+def misa_log_density_and_grad(action: torch.Tensor, critic: TwinCritic, state_part: torch.Tensor, mean: torch.Tensor,
+                              log_std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """MISA's HMC target f(a) = log pi(a|s) + min_i Q_i(s, a) and its gradient in a, both in closed form (the actor's
+    log-density gradient and the critics' hand-written backward pass to the action): no autograd inside the chain.
+    state_part = critic.state_part(s), mean and log_std = the actor's at s: all fixed along the chain."""
+    q_min, q_grad = critic.min_q_and_action_grad(state_part, action)
+    return action_log_prob(action, mean, log_std) + q_min, action_log_prob_grad(action, mean, log_std) + q_grad
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -663,17 +687,10 @@ class MISA:
         self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=args.q_lr, **adam)
         self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=args.alpha_lr, **adam)
         self.alpha_prime_opt = torch.optim.Adam([self.log_alpha_prime], lr=args.q_lr, **adam)
-
-    def hmc_target(self, obs: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor):
-        """f(a) = log pi(a|s) + min_i Q_i(s, a) and its gradient in a, both in closed form (the actor's log-density
-        gradient and the critics' hand-written backward pass to the action): no autograd inside the chain."""
-
-        @torch.no_grad()
-        def log_density_and_grad(action: torch.Tensor):
-            q_min, q_grad = self.critic.min_q_and_action_grad(obs, action)
-            return action_log_prob(action, mean, log_std) + q_min, action_log_prob_grad(action, mean, log_std) + q_grad
-
-        return log_density_and_grad
+        # --compile: one HMC transition (two critic evaluations, the leapfrog, accept/reject, step-size update) is
+        # compiled once as one graph, two variants (adapting or not), and called for each of the chain's transitions
+        self.hmc_transition = (torch.compile(hmc_transition, fullgraph=True, mode=args.compile_mode) if args.compile
+                               else hmc_transition)
 
     def update(self, obs, actions, rewards, next_obs, dones) -> dict[str, torch.Tensor]:
         """Shapes: S agents, B states each, K samples per state; Q values carry the twin critics first, (2, S, ...)."""
@@ -708,9 +725,11 @@ class MISA:
         actor_loss = (args.likelihood_weight * (alpha.detach()[:, None] * new_log_pi - log_pi_data).mean(-1)
                       - q_new.mean(-1))  # (S,)
         if args.mcmc:
+            with torch.no_grad():  # the chain's fixed inputs: its target is f(a) = log pi(a|s) + min_i Q_i(s, a)
+                target = (self.critic, self.critic.state_part(obs), mean.detach(), log_std.detach())
             mcmc_samples, accept_rate, step_size = hmc_sample(
-                self.hmc_target(obs, mean.detach(), log_std.detach()), actions, k, args.mcmc_burnin,
-                args.mcmc_leapfrog_steps, args.mcmc_step_size,
+                misa_log_density_and_grad, actions, k, args.mcmc_burnin, args.mcmc_leapfrog_steps,
+                args.mcmc_step_size, target, self.hmc_transition,
             )  # (S, K, B, A)
             weights = partition_state_weights(q_pi.detach().min(0).values, args.mi_bound, args.f_exp_cap)  # (S, B)
             log_pi_mcmc = action_log_prob(mcmc_samples.detach(), mean.unsqueeze(1), log_std.unsqueeze(1))  # (S, K, B)
