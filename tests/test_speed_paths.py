@@ -94,3 +94,24 @@ def test_non_finite_loss_is_reported_at_its_step_with_several_steps_per_call(dat
     assert r.returncode == 1
     assert "non-finite critic_loss of seed 1 at step 1" in r.stderr and "Traceback" not in r.stderr
 
+
+def test_compare_runs_reports_scalars_and_evaluations(tmp_path):
+    """benchmarks/compare_runs.py (the TF32 ablation's report): the last-values means and relative differences."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    for name, scale in (("a", 1.0), ("b", 1.1)):
+        writer = SummaryWriter(str(tmp_path / name))
+        for step in (10, 20, 30):
+            writer.add_scalar("losses/critic_loss", scale * step, step)
+        writer.close()
+        (tmp_path / name / "evaluations.csv").write_text(
+            "step,mean_return,std_return,normalized_score,episodes,final\n30,1.0,0.0,%.1f,10,1\n" % (50 * scale))
+    r = run_script("benchmarks/compare_runs.py", str(tmp_path / "a"), str(tmp_path / "b"), "--last", "2",
+                   cwd=tmp_path, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "| losses/critic_loss | 30 / 30 | 25 | 27.5 | +10.00% |" in r.stdout
+    assert "| 30 | 50.0 | 55.0 | 10 / 10 |" in r.stdout
+    (tmp_path / "empty").mkdir()
+    r = run_script("benchmarks/compare_runs.py", str(tmp_path / "empty"), str(tmp_path / "empty"), cwd=tmp_path,
+                   timeout=120)
+    assert r.returncode != 0 and "error:" in r.stderr and "Traceback" not in r.stderr
