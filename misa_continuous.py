@@ -747,9 +747,8 @@ class MISA:
         if args.lagrange:
             groups.append((alpha_prime_loss, [self.log_alpha_prime], self.alpha_prime_opt))
         step_all(groups)
-        with torch.no_grad():
-            for target, online in zip(self.critic_target.parameters(), self.critic.parameters()):
-                target.lerp_(online, args.tau)
+        with torch.no_grad():  # Polyak averaging of every target parameter, one multi-tensor kernel on CUDA
+            torch._foreach_lerp_(list(self.critic_target.parameters()), list(self.critic.parameters()), args.tau)
 
         penalty, log_pi_data = penalty.detach().mean(0), log_pi_data.detach().mean(-1)  # (S,) for the logs
         return {

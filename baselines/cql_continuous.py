@@ -610,9 +610,8 @@ class CQL:
         if args.cql_lagrange:
             groups.append((alpha_prime_loss, [self.log_alpha_prime], self.alpha_prime_opt))
         step_all(groups)
-        with torch.no_grad():
-            for tp, p in zip(self.critic_target.parameters(), self.critic.parameters()):
-                tp.lerp_(p, args.tau)
+        with torch.no_grad():  # Polyak averaging of every target parameter, one multi-tensor kernel on CUDA
+            torch._foreach_lerp_(list(self.critic_target.parameters()), list(self.critic.parameters()), args.tau)
         return {"losses/critic_loss": critic_loss.detach(), "losses/td_loss": td_loss.detach().mean(0),
                 "losses/cql_penalty": penalty.detach().mean(0), "losses/actor_loss": actor_loss.detach(),
                 "losses/alpha_loss": alpha_loss.detach(), "losses/alpha": alpha.detach(),

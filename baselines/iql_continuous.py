@@ -556,9 +556,8 @@ class IQL:
         critic_loss.sum().backward()
         self.critic_opt.step()
         # 3. Polyak update of the target critics
-        with torch.no_grad():
-            for tp, p in zip(self.critic_target.parameters(), self.critic.parameters()):
-                tp.lerp_(p, args.tau)
+        with torch.no_grad():  # every target parameter in one multi-tensor kernel on CUDA
+            torch._foreach_lerp_(list(self.critic_target.parameters()), list(self.critic.parameters()), args.tau)
         # 4. actor by advantage-weighted regression, with the advantage of step 1
         weights = torch.exp(args.beta * advantage).clamp(max=args.exp_adv_max)
         if args.deterministic_actor:

@@ -527,10 +527,9 @@ class TD3BC:
             self.actor_opt.zero_grad(set_to_none=True)
             actor_loss.sum().backward()
             self.actor_opt.step()
-            with torch.no_grad():
-                for target, online in ((self.actor_target, self.actor), (self.critic_target, self.critic)):
-                    for tp, p in zip(target.parameters(), online.parameters()):
-                        tp.lerp_(p, args.tau)
+            with torch.no_grad():  # Polyak averaging of every target parameter, one multi-tensor kernel on CUDA
+                torch._foreach_lerp_([*self.actor_target.parameters(), *self.critic_target.parameters()],
+                                     [*self.actor.parameters(), *self.critic.parameters()], args.tau)
             self.last_actor_metrics["losses/actor_loss"].copy_(actor_loss.detach())
             self.last_actor_metrics["losses/lambda"].copy_(lmbda)
         return {"losses/critic_loss": critic_loss.detach(), "losses/q_data": q.detach().mean((0, 2)),
