@@ -6,6 +6,7 @@
     python benchmarks/throughput.py --algos misa --profile 20   # where the time goes (torch.profiler)
     python benchmarks/throughput.py --num-seeds 1 4 16          # many agents in one step (--num-seeds)
     python benchmarks/throughput.py --modes cuda-graphs --steps-per-replay 1 8 32   # several steps per graph replay
+    python benchmarks/throughput.py --count-ops                 # tensor operations per step (eager launches)
 
 Observations of size 17, actions of size 6, batch 256 (the scripts' default), random data. Each mode builds the
 training step exactly as the script does (`make_train_step`: minibatch sampling from a device-resident dataset, then
@@ -13,7 +14,9 @@ the update; compiled and/or captured in a CUDA graph). After --warmup steps, ste
 passed (with a device sync at both ends, none in between). With --num-seeds S the step trains S agents at once, as
 the scripts' --num-seeds does: the table gives steps per second, agent-updates per second (S x steps/s) and the time
 of one step. With --steps-per-replay K each call of the step runs K steps (one CUDA graph replay in the graph modes),
-as the scripts' --steps-per-replay does. Prints a markdown table with the device and torch version; --out also writes it as JSON.
+as the scripts' --steps-per-replay does. --count-ops also counts the tensor operations one eager step runs (aten
+operations below autograd, views left out): on a GPU each is one kernel launch in eager mode and one kernel in a
+CUDA graph, so the count measures, on any device, the launch-bound part of a step. Prints a markdown table with the device and torch version; --out also writes it as JSON.
 """
 
 from __future__ import annotations
@@ -69,6 +72,8 @@ class Args:
     """allow TF32 matmuls on CUDA (a measurement of what lower matmul precision would buy; the scripts use full FP32)"""
     threads: Optional[int] = None
     """torch CPU threads (default: torch's choice)"""
+    count_ops: bool = False
+    """also count the tensor operations (aten, views left out) of one eager step of each script"""
     out: Optional[str] = None
     """also write the results as JSON to this path"""
 
@@ -150,6 +155,53 @@ def profile_steps(run_steps, steps_per_call: int, num_steps: int, device: torch.
     return prof.key_averages().table(sort_by=sort_by, row_limit=15, max_name_column_width=60)
 
 
+VIEW_OPS = {"view", "_unsafe_view", "unsqueeze", "squeeze", "transpose", "t", "expand", "slice", "select", "alias",
+            "detach", "as_strided", "permute", "split", "split_with_sizes", "unbind", "chunk", "reshape", "lift_fresh"}
+
+
+def count_ops(run_steps, steps_per_call: int) -> dict:
+    """The non-view aten operations per step, over two calls of `run_steps` (so that TD3+BC's steps with and without
+    its delayed actor update both count), autograd's backward included, with each optimiser
+    step counted as one operation, as the fused CUDA Adam of the scripts is one kernel (on the CPU, Adam runs
+    elementwise operations per parameter instead). Also the host reads (`.item()`) outside the optimisers, which
+    must be zero in the training step, and the most frequent operations."""
+    from collections import Counter
+
+    from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class CountOps(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.counts, self.in_optimiser = Counter(), False
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if not self.in_optimiser:
+                self.counts[func.overloadpacket.__name__] += 1
+            return func(*args, **(kwargs or {}))
+
+    counter = CountOps()
+
+    def enter(opt, args, kwargs):
+        counter.in_optimiser = True
+        counter.counts["optimiser step"] += 1
+
+    def leave(opt, args, kwargs):
+        counter.in_optimiser = False
+
+    hooks = [register_optimizer_step_pre_hook(enter), register_optimizer_step_post_hook(leave)]
+    try:
+        with counter:
+            run_steps(0)
+            run_steps(steps_per_call)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    counts = Counter({k: v / (2 * steps_per_call) for k, v in counter.counts.items() if k not in VIEW_OPS})
+    return {"ops_per_step": sum(counts.values()), "host_reads_per_step": counts["_local_scalar_dense"],
+            "most_frequent_ops": counts.most_common(8)}
+
+
 def main(args: Args) -> None:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -176,6 +228,11 @@ def main(args: Args) -> None:
                                 "steps_timed": count})
                 print(f"{algo:7s} {mode:20s} S={seeds:<3d} K={k:<3d} {rate:9.2f} steps/s, {seeds * rate:9.2f} "
                       f"agent-updates/s ({count} steps)", file=sys.stderr)
+                if args.count_ops and mode == "eager" and k == 1:
+                    results[-1].update(count_ops(run_steps, k))
+                    print(f"{algo:7s} S={seeds}: {results[-1]['ops_per_step']:g} tensor operations per eager step, "
+                          f"{results[-1]['host_reads_per_step']:g} host reads; most frequent: "
+                          f"{', '.join(f'{n} {c:g}' for n, c in results[-1]['most_frequent_ops'])}", file=sys.stderr)
                 if args.profile > 0:
                     print(f"\n## profile: {algo}, {mode}, S={seeds}, K={k}, {args.profile} steps\n", flush=True)
                     print(profile_steps(run_steps, k, args.profile, device), flush=True)
@@ -189,6 +246,12 @@ def main(args: Args) -> None:
         hours = 1e6 / r["steps_per_s"] / 3600
         print(f"| {r['algo']} | {r['mode']} | {r['num_seeds']} | {r['steps_per_replay']} | {r['steps_per_s']:.2f} "
               f"| {r['agent_updates_per_s']:.2f} | {r['ms_per_step']:.2f} | {hours:.1f} h |")
+    if any("ops_per_step" in r for r in results):
+        print("\n| script | seeds S | tensor operations per eager step (an optimiser step counts 1) | host reads |\n"
+              "|---|---|---|---|")
+        for r in results:
+            if "ops_per_step" in r:
+                print(f"| {r['algo']} | {r['num_seeds']} | {r['ops_per_step']:g} | {r['host_reads_per_step']:g} |")
     if args.out:
         Path(args.out).write_text(json.dumps({**header, "results": results}, indent=2) + "\n")
 
