@@ -38,8 +38,12 @@ def test_closed_form_action_gradient_matches_autograd():
     mean, log_std = torch.randn(16, 4, dtype=torch.float64), torch.rand(16, 4, dtype=torch.float64) - 1
     a = (torch.rand(16, 4, dtype=torch.float64) * 2 - 1) * 0.99
     a.requires_grad_(True)
-    (auto,) = torch.autograd.grad(misa.action_log_prob(a, mean, log_std).sum(), a)
-    assert torch.allclose(misa.action_log_prob_grad(a.detach(), mean, log_std), auto, rtol=1e-9, atol=1e-9)
+    log_pi = misa.action_log_prob(a, mean, log_std)
+    (auto,) = torch.autograd.grad(log_pi.sum(), a)
+    log_norm = -log_std.sum(-1) - 0.5 * 4 * math.log(2 * math.pi)
+    shared_log_pi, grad = misa.action_log_prob_and_grad(a.detach(), mean, torch.exp(-log_std), log_norm)
+    assert torch.allclose(shared_log_pi, log_pi.detach(), rtol=1e-12, atol=1e-12)
+    assert torch.allclose(grad, auto, rtol=1e-9, atol=1e-9)
 
 
 def test_hand_written_critic_action_gradient_matches_autograd():
@@ -105,7 +109,7 @@ def test_hmc_rejects_proposals_outside_the_action_box_without_nans():
     init = torch.rand(1, 256, 3) * 1.6 - 0.8
 
     def f(a):
-        return misa.action_log_prob(a, mean, log_std), misa.action_log_prob_grad(a, mean, log_std)
+        return misa.action_log_prob_and_grad(a, mean, torch.exp(-log_std), -log_std.sum(-1) - 1.5 * math.log(2 * math.pi))
 
     samples, accept, _ = misa.hmc_sample(f, init, num_samples=20, burnin=5, leapfrog_steps=2, step_size=1.0)
     assert torch.isfinite(samples).all() and (samples.abs() < 1).all()
