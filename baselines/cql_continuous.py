@@ -692,6 +692,24 @@ class CUDAGraphStep:
         return self.outputs[key]
 
 
+TRANSITION_FIELDS = ("obs", "actions", "rewards", "next_obs", "dones")
+
+
+def make_minibatch_sampler(data: dict, num_agents: int, batch_size: int, device: torch.device) -> Callable[[], tuple]:
+    """Puts the dataset on the device as one (N, width) tensor, a transition per row, and returns a function that
+    draws one minibatch per agent, (obs, actions, rewards, next_obs, dones), each (S, B, ...): one index draw and one
+    gather per step, both on the device (no host round trip, one kernel for all five fields)."""
+    columns = [torch.as_tensor(data[k], device=device).reshape(len(data["rewards"]), -1) for k in TRANSITION_FIELDS]
+    table, widths = torch.cat(columns, 1), [c.shape[1] for c in columns]
+
+    def sample_batch() -> tuple[torch.Tensor, ...]:
+        idx = torch.randint(len(table), (num_agents, batch_size), device=device)
+        obs, actions, rewards, next_obs, dones = table[idx].split(widths, -1)
+        return obs, actions, rewards.squeeze(-1), next_obs, dones.squeeze(-1)
+
+    return sample_batch
+
+
 class NonFiniteWatch:
     """Remembers, on the device, the first step whose losses were not finite and which losses of which agents they
     were; the loop reads it back only when it logs or evaluates, so no step waits for the host. Its tensors are
@@ -942,7 +960,7 @@ def main(args: Args) -> None:
     num_transitions = len(data["rewards"])
     if num_transitions < args.batch_size:
         fail(f"dataset {args.env_id} has {num_transitions} transitions, fewer than --batch-size {args.batch_size}")
-    buffer = {k: torch.as_tensor(v, device=device) for k, v in data.items()}  # the whole dataset lives on the device
+    sample_batch = make_minibatch_sampler(data, args.num_seeds, args.batch_size, device)  # the dataset lives on the device
     obs_dim, act_dim = data["obs"].shape[1], data["actions"].shape[1]
     ref_min, ref_max, ref_source = reference_scores(dataset)
     eval_envs = make_eval_envs(dataset, args.env_id, args.num_seeds * args.eval_episodes,
@@ -996,10 +1014,6 @@ def main(args: Args) -> None:
             sys.exit(1)
 
     bar = tqdm(total=args.total_timesteps, initial=step, desc=ALGO, unit="step", dynamic_ncols=True, mininterval=1.0)
-
-    def sample_batch() -> tuple[torch.Tensor, ...]:  # one minibatch per agent, drawn on the device: no host round trip
-        idx = torch.randint(num_transitions, (args.num_seeds, args.batch_size), device=device)
-        return tuple(buffer[k][idx] for k in ("obs", "actions", "rewards", "next_obs", "dones"))
 
     train_step = make_train_step(agent, args, device, sample_batch, watch)
     start_time, start_step, eval_seconds = time.time(), step, 0.0

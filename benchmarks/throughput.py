@@ -107,10 +107,8 @@ def make_step(module, cls_name: str, algo: str, script_args, dataset: tuple, dev
     num_agents = script_args.num_seeds
     agent = make_agent(module, cls_name, script_args, dataset[0].shape[1], dataset[1].shape[1], device, num_agents)
 
-    def sample_batch():
-        idx = torch.randint(len(dataset[0]), (num_agents, script_args.batch_size), device=device)
-        return tuple(x[idx] for x in dataset)
-
+    sample_batch = module.make_minibatch_sampler(dict(zip(module.TRANSITION_FIELDS, dataset)), num_agents,
+                                                 script_args.batch_size, device)
     watch = module.NonFiniteWatch(getattr(module, cls_name).LOSS_NAMES, num_agents, 0, device)
     train_step = module.make_train_step(agent, script_args, device, sample_batch, watch)
     # TD3+BC's delayed actor step is chosen by the caller, as in its training loop
