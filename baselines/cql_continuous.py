@@ -723,10 +723,11 @@ class NonFiniteWatch:
 
     def record(self, metrics: dict[str, torch.Tensor]) -> None:
         self.step.add_(1)
-        finite = torch.isfinite(torch.stack([metrics[f"losses/{n}"] for n in self.loss_names]))  # (losses, S)
-        newly_bad = (self.first_bad_step < 0) & ~finite.all()
-        self.bad_losses.copy_(torch.where(newly_bad, ~finite, self.bad_losses))
-        self.first_bad_step.copy_(torch.where(newly_bad, self.step, self.first_bad_step))
+        losses = torch.stack([metrics[f"losses/{n}"] for n in self.loss_names])  # (losses, S)
+        bad = torch.isnan(losses - losses)  # x - x is NaN exactly when x is not finite: two kernels, isfinite takes five
+        newly_bad = bad.any() & (self.first_bad_step < 0)
+        torch.where(newly_bad, bad, self.bad_losses, out=self.bad_losses)
+        torch.where(newly_bad, self.step, self.first_bad_step, out=self.first_bad_step)
 
 
 def make_train_step(agent, args: Args, device: torch.device, sample_batch: Callable[[], tuple],
