@@ -525,7 +525,7 @@ class TD3BC:
             pi = self.actor(obs)
             actor_loss, lmbda = td3_bc_actor_loss(self.critic(obs, pi)[0], pi, actions, args.alpha)
             self.actor_opt.zero_grad(set_to_none=True)
-            actor_loss.sum().backward()
+            actor_loss.sum().backward(inputs=list(self.actor.parameters()))  # the actor only: no work on critic grads
             self.actor_opt.step()
             with torch.no_grad():  # Polyak averaging of every target parameter, one multi-tensor kernel on CUDA
                 torch._foreach_lerp_([*self.actor_target.parameters(), *self.critic_target.parameters()],
