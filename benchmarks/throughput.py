@@ -155,13 +155,14 @@ def profile_steps(run_steps, steps_per_call: int, num_steps: int, device: torch.
 
 VIEW_OPS = {"view", "_unsafe_view", "unsqueeze", "squeeze", "transpose", "t", "expand", "slice", "select", "alias",
             "detach", "as_strided", "permute", "split", "split_with_sizes", "unbind", "chunk", "reshape", "lift_fresh"}
+NOT_KERNELS = VIEW_OPS | {"_record_function_enter_new", "_record_function_exit"}  # views and profiler markers
 
 
 def count_ops(run_steps, steps_per_call: int) -> dict:
-    """The non-view aten operations per step, over two calls of `run_steps` (so that TD3+BC's steps with and without
-    its delayed actor update both count), autograd's backward included, with each optimiser
-    step counted as one operation, as the fused CUDA Adam of the scripts is one kernel (on the CPU, Adam runs
-    elementwise operations per parameter instead). Also the host reads (`.item()`) outside the optimisers, which
+    """The aten operations per step (views and profiler markers left out), over two calls of `run_steps` (so that
+    TD3+BC's steps with and without its delayed actor update both count), autograd's backward included, with each
+    optimiser step counted as one operation, as the fused CUDA Adam of the scripts is one kernel (on the CPU, Adam
+    runs elementwise operations per parameter instead). Also the host reads (`.item()`) outside the optimisers, which
     must be zero in the training step, and the most frequent operations."""
     from collections import Counter
 
@@ -195,7 +196,7 @@ def count_ops(run_steps, steps_per_call: int) -> dict:
     finally:
         for hook in hooks:
             hook.remove()
-    counts = Counter({k: v / (2 * steps_per_call) for k, v in counter.counts.items() if k not in VIEW_OPS})
+    counts = Counter({k: v / (2 * steps_per_call) for k, v in counter.counts.items() if k not in NOT_KERNELS})
     return {"ops_per_step": sum(counts.values()), "host_reads_per_step": counts["_local_scalar_dense"],
             "most_frequent_ops": counts.most_common(8)}
 
