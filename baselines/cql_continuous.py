@@ -589,11 +589,12 @@ class CQL:
             pi_actions, pi_log = sample_actions(mean, log_std, n)  # (S, N, B, A), detached
             next_pi_actions, next_pi_log = sample_actions(next_mean, next_log_std, n)
             rand_actions = torch.rand(pi_actions.shape, device=actions.device) * 2 - 1
-        q_data = self.critic(obs, actions)  # (2, S, B)
+        # -- Q(s, .) at the data action and at the uniform, pi(s) and pi(s') actions of the conservative penalty: one
+        # critic call for all 1 + 3N actions of each state (one set of kernels, not four)
+        all_actions = torch.cat([actions.unsqueeze(1), rand_actions, pi_actions, next_pi_actions], 1)  # (S, 1+3N, B, A)
+        q_all = self.critic(obs.unsqueeze(1).expand(-1, 1 + 3 * n, -1, -1), all_actions)  # (2, S, 1+3N, B)
+        q_data, (q_rand, q_pi, q_next_pi) = q_all[:, :, 0], q_all[:, :, 1:].split(n, dim=2)
         td_loss = (q_data - td_target).pow(2).mean(-1)  # (2, S)
-        # -- conservative penalty on uniform, pi(s) and pi(s') actions (Q(s, .) at all of them)
-        obs_n = obs.unsqueeze(1).expand(-1, n, -1, -1)
-        q_rand, q_pi, q_next_pi = (self.critic(obs_n, a) for a in (rand_actions, pi_actions, next_pi_actions))
         penalty = cql_penalty(q_rand, q_pi, pi_log, q_next_pi, next_pi_log, q_data, self.act_dim, args.cql_temperature)
         if args.cql_lagrange:
             alpha_prime = self.log_alpha_prime.exp().clamp(0.0, 1e6)  # (S,)
