@@ -16,20 +16,20 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-POINTER = re.compile(r"`([^`]+)` \(\[L(\d+)\]\(\.\./([^#)]+)#L(\d+)\)\)")
+POINTER = re.compile(r"`([^`]+)`(\s+)\(\[L(\d+)\]\(\.\./([^#)]+)#L(\d+)\)\)")  # a line break may separate them
 
 
 def fix(text: str) -> tuple[str, list[str]]:
     problems = []
 
     def repl(m: re.Match) -> str:
-        fragment, path = m.group(1), m.group(3)
+        fragment, space, path = m.group(1), m.group(2), m.group(4)
         lines = (ROOT / path).read_text().splitlines()
         hits = [i + 1 for i, line in enumerate(lines) if fragment in line]
         if not hits:
             problems.append(f"{path}: no line contains {fragment!r}")
             return m.group(0)
-        return f"`{fragment}` ([L{hits[0]}](../{path}#L{hits[0]}))"
+        return f"`{fragment}`{space}([L{hits[0]}](../{path}#L{hits[0]}))"
 
     return POINTER.sub(repl, text), problems
 
