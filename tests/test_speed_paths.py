@@ -115,3 +115,18 @@ def test_compare_runs_reports_scalars_and_evaluations(tmp_path):
     r = run_script("benchmarks/compare_runs.py", str(tmp_path / "empty"), str(tmp_path / "empty"), cwd=tmp_path,
                    timeout=120)
     assert r.returncode != 0 and "error:" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_training_step_reads_nothing_back_from_the_device(name):
+    """No host-device sync in the hot loop: one training step (minibatch, update, non-finite watch) makes no .item()
+    read outside the optimisers (counted by benchmarks/throughput.py --count-ops, which also counts its operations)."""
+    path, cls_name, algo, overrides = CASES[name]
+    module = MODULES[name]
+    args = module.Args(hidden_dim=16, batch_size=8, num_seeds=2, **overrides)
+    data = throughput.synthetic_dataset(64, 3, 2, torch.device("cpu"))
+    _, run_steps = throughput.make_step(module, cls_name, algo, args, data, torch.device("cpu"))
+    run_steps(0)
+    counts = throughput.count_ops(run_steps, 1)
+    assert counts["host_reads_per_step"] == 0, counts
+    assert counts["ops_per_step"] > 10
