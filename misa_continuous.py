@@ -430,6 +430,12 @@ def lecun_normal_(w: torch.Tensor, fan_in: int) -> None:
     nn.init.trunc_normal_(w, std=std, a=-2 * std, b=2 * std)
 
 
+def stacked_linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """x W + b for stacked members, each with its own input: x (*members, N, in), w (*members, in, out),
+    b (*members, 1, out) -> (*members, N, out), as one batched matmul with the bias fused (baddbmm)."""
+    return torch.baddbmm(b.flatten(0, -3), x.flatten(0, -3), w.flatten(0, -3)).view(*w.shape[:-2], x.shape[-2], -1)
+
+
 class MLP(nn.Module):
     """Independent MLPs, one per member, stored as stacked weights (*members, in, out) and evaluated together by
     batched matmuls: members is (S,) for the actors of S agents, (S, 2) for their twin critics.
@@ -454,8 +460,8 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (*members, N, in), or a shape that broadcasts to it; returns (*members, N, out)."""
         for i, (w, b) in enumerate(zip(self.weights, self.biases)):
-            if x.shape[:-2] == w.shape[:-2]:  # one input per member: one batched matmul with the bias fused (baddbmm)
-                x = torch.baddbmm(b.flatten(0, -3), x.flatten(0, -3), w.flatten(0, -3)).view(*w.shape[:-2], x.shape[-2], -1)
+            if x.shape[:-2] == w.shape[:-2]:  # one input per member
+                x = stacked_linear(x, w, b)
             else:  # an input shared by several members (the twin critics' first layer): broadcast
                 x = torch.matmul(x, w) + b
             if i < len(self.weights) - 1:
@@ -493,7 +499,7 @@ class TwinCritic(nn.Module):
         for w, b in zip(weights[1:], biases[1:]):
             h = F.elu(z)
             hidden.append(h)
-            z = torch.baddbmm(b.flatten(0, 1), h.flatten(0, 1), w.flatten(0, 1)).view(*w.shape[:2], -1, w.shape[-1])
+            z = stacked_linear(h, w, b)
         q_min, argmin = z.squeeze(-1).min(1)  # (S, 2, B) -> (S, B)
         is_min = (argmin.unsqueeze(1) == torch.arange(2, device=z.device)[:, None]).to(z.dtype)  # dq_min/dQ_i (S, 2, B)
         grad = is_min.unsqueeze(-1) * weights[-1].transpose(-1, -2)  # dq_min/dh of the last hidden layer (one output)
@@ -1050,10 +1056,9 @@ def load_checkpoints(path: str) -> tuple[Args, list[dict], list[Path]]:
 
     blob = load(Path(path))
     try:
-        args = Args(**blob["args"])
+        args, group = Args(**blob["args"]), blob["group"]  # checkpoints from before --num-seeds have no group
     except Exception as e:
         fail(f"--resume {path}: not a checkpoint of this script ({type(e).__name__}: {e})")
-    group = blob.get("group", {"seed": args.seed, "num_seeds": 1, "run_names": [blob["run_name"]], "index": 0})
     args.seed, args.num_seeds = group["seed"], group["num_seeds"]
     run_dirs = [Path(path).parent.parent / name for name in group["run_names"]]
     blobs = [blob if i == group["index"] else load(d / "checkpoint.pt") for i, d in enumerate(run_dirs)]
@@ -1169,7 +1174,7 @@ def main(args: Args) -> None:
             # --steps-per-replay steps per call, never past the next log, evaluation or the last step
             n = min(args.log_freq - step % args.log_freq, args.eval_freq - step % args.eval_freq, args.total_timesteps - step)
             n = args.steps_per_replay if n >= args.steps_per_replay else 1
-            metrics = train_step(*[() for s in range(step, step + n)])
+            metrics = train_step(*[()] * n)  # n steps, none with a phase argument
             step += n
             bar.update(n)
 
