@@ -891,10 +891,9 @@ def load_checkpoints(path: str) -> tuple[Args, list[dict], list[Path]]:
 
     blob = load(Path(path))
     try:
-        args = Args(**blob["args"])
+        args, group = Args(**blob["args"]), blob["group"]  # checkpoints from before --num-seeds have no group
     except Exception as e:
         fail(f"--resume {path}: not a checkpoint of this script ({type(e).__name__}: {e})")
-    group = blob.get("group", {"seed": args.seed, "num_seeds": 1, "run_names": [blob["run_name"]], "index": 0})
     args.seed, args.num_seeds = group["seed"], group["num_seeds"]
     run_dirs = [Path(path).parent.parent / name for name in group["run_names"]]
     blobs = [blob if i == group["index"] else load(d / "checkpoint.pt") for i, d in enumerate(run_dirs)]
@@ -1024,7 +1023,7 @@ def main(args: Args) -> None:
             # --steps-per-replay steps per call, never past the next log, evaluation or the last step
             n = min(args.log_freq - step % args.log_freq, args.eval_freq - step % args.eval_freq, args.total_timesteps - step)
             n = args.steps_per_replay if n >= args.steps_per_replay else 1
-            metrics = train_step(*[() for s in range(step, step + n)])
+            metrics = train_step(*[()] * n)  # n steps, none with a phase argument
             step += n
             bar.update(n)
 
