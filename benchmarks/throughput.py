@@ -16,7 +16,8 @@ the scripts' --num-seeds does: the table gives steps per second, agent-updates p
 of one step. With --steps-per-replay K each call of the step runs K steps (one CUDA graph replay in the graph modes),
 as the scripts' --steps-per-replay does. --count-ops also counts the tensor operations one eager step runs (aten
 operations below autograd, views left out): on a GPU each is one kernel launch in eager mode and one kernel in a
-CUDA graph, so the count measures, on any device, the launch-bound part of a step. Prints a markdown table with the device and torch version; --out also writes it as JSON.
+CUDA graph, so the count measures, on any device, the launch-bound part of a step. Prints a markdown table with the
+device and torch version; --out also writes it as JSON.
 """
 
 from __future__ import annotations
@@ -153,9 +154,9 @@ def profile_steps(run_steps, steps_per_call: int, num_steps: int, device: torch.
     return prof.key_averages().table(sort_by=sort_by, row_limit=15, max_name_column_width=60)
 
 
-VIEW_OPS = {"view", "_unsafe_view", "unsqueeze", "squeeze", "transpose", "t", "expand", "slice", "select", "alias",
-            "detach", "as_strided", "permute", "split", "split_with_sizes", "unbind", "chunk", "reshape", "lift_fresh"}
-NOT_KERNELS = VIEW_OPS | {"_record_function_enter_new", "_record_function_exit"}  # views and profiler markers
+NOT_KERNELS = {"view", "_unsafe_view", "unsqueeze", "squeeze", "transpose", "t", "expand", "slice", "select", "alias",
+               "detach", "as_strided", "permute", "split", "split_with_sizes", "unbind", "chunk", "reshape",
+               "lift_fresh", "_record_function_enter_new", "_record_function_exit"}  # views and profiler markers
 
 
 def count_ops(run_steps, steps_per_call: int) -> dict:

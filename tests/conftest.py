@@ -3,6 +3,7 @@ subprocess the way a user would."""
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import os
 import subprocess
@@ -58,6 +59,11 @@ def run_script(script: str, *args: str, cwd: Path, timeout: float = 600) -> subp
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=timeout)
+
+
+def read_csv_rows(path: Path) -> list[dict]:
+    with open(path) as f:
+        return list(csv.DictReader(f))
 
 
 def assert_clean_error(result: subprocess.CompletedProcess, *needles: str) -> None:

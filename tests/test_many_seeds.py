@@ -6,13 +6,12 @@ complete runs that differ, and resumes exactly."""
 from __future__ import annotations
 
 import copy
-import csv
 import math
 
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, assert_clean_error, load_script, run_script
+from conftest import ROOT, assert_clean_error, load_script, read_csv_rows, run_script
 
 CASES = {
     "misa_continuous": ("misa_continuous.py", "MISA", dict(num_mc_samples=4, mcmc_burnin=3)),
@@ -162,11 +161,6 @@ TINY = ["--env-id", "test/pendulum/energy-v0", "--batch-size", "32", "--hidden-d
         "--eval-freq", "6", "--save-model", "--num-seeds", "2", "--run-name", "pend__misa__{seed}"]
 
 
-def read_rows(path):
-    with open(path) as f:
-        return list(csv.DictReader(f))
-
-
 def test_two_seed_run_writes_two_runs_and_resumes_exactly(datasets_root, tmp_path):
     full, part = tmp_path / "full", tmp_path / "part"
     full.mkdir(), part.mkdir()
@@ -174,7 +168,7 @@ def test_two_seed_run_writes_two_runs_and_resumes_exactly(datasets_root, tmp_pat
     assert r.returncode == 0, r.stderr
     runs = sorted(p.name for p in (full / "runs").iterdir())
     assert runs == ["pend__misa__1", "pend__misa__2"]
-    rows = {name: read_rows(full / "runs" / name / "evaluations.csv") for name in runs}
+    rows = {name: read_csv_rows(full / "runs" / name / "evaluations.csv") for name in runs}
     for name in runs:
         assert [int(r["step"]) for r in rows[name]] == [6, 12] and rows[name][-1]["final"] == "1"
         assert list((full / "runs" / name).glob("events.out.tfevents.*"))
@@ -195,7 +189,7 @@ def test_two_seed_run_writes_two_runs_and_resumes_exactly(datasets_root, tmp_pat
         b = tensors(torch.load(part / "runs" / name / "checkpoint.pt", weights_only=False)["agent"])
         for key in a:
             assert torch.equal(a[key], b[key]), (name, key)
-        resumed = read_rows(part / "runs" / name / "evaluations.csv")
+        resumed = read_csv_rows(part / "runs" / name / "evaluations.csv")
         assert [r["mean_return"] for r in resumed] == [r["mean_return"] for r in rows[name]]
 
 

@@ -1,14 +1,13 @@
 """The fast paths of the speed round beside their references, on the CPU: --steps-per-replay (several training steps
-per call of the step, one CUDA-graph replay on a GPU) takes exactly the steps that one step per call takes, and the
-device-side watch of non-finite losses names the right step. benchmarks/check_cuda_graphs.py is the GPU counterpart."""
+per call of the step, one CUDA-graph replay on a GPU) takes exactly the steps that one step per call takes, the
+device-side watch of non-finite losses names the right step, no training step reads back from the device, and
+benchmarks/compare_runs.py reports two runs side by side. benchmarks/check_cuda_graphs.py is the GPU counterpart."""
 
 from __future__ import annotations
 
-import csv
-
 import pytest
 import torch
-from conftest import ROOT, load_script, run_script
+from conftest import ROOT, load_script, read_csv_rows, run_script
 
 CASES = {
     "misa_continuous": ("misa_continuous.py", "MISA", "misa", dict(num_mc_samples=4, mcmc_burnin=2)),
@@ -61,11 +60,6 @@ def test_non_finite_watch_names_the_first_bad_step_and_loss():
     assert watch.bad_losses.tolist() == [[False, True, False], [False, False, False]]
 
 
-def read_csv(path):
-    with open(path) as f:
-        return list(csv.DictReader(f))
-
-
 def test_steps_per_replay_run_matches_one_step_per_call(datasets_root, tmp_path):
     """End to end: --steps-per-replay 4 with logs every 5 steps and evaluations every 10 (calls of 4 and 1 steps)
     writes the same evaluations and the same checkpoint as one step per call."""
@@ -77,8 +71,8 @@ def test_steps_per_replay_run_matches_one_step_per_call(datasets_root, tmp_path)
                        cwd=tmp_path, timeout=300)
         assert r.returncode == 0, r.stderr
     one, four = (tmp_path / "runs" / "k1", tmp_path / "runs" / "k4")
-    assert [r["step"] for r in read_csv(four / "evaluations.csv")] == ["10", "20", "23"]
-    assert read_csv(one / "evaluations.csv") == read_csv(four / "evaluations.csv")
+    assert [r["step"] for r in read_csv_rows(four / "evaluations.csv")] == ["10", "20", "23"]
+    assert read_csv_rows(one / "evaluations.csv") == read_csv_rows(four / "evaluations.csv")
     a = torch.load(one / "checkpoint.pt", weights_only=False)["agent"]
     b = torch.load(four / "checkpoint.pt", weights_only=False)["agent"]
     for part in ("actor", "critic"):
