@@ -12,14 +12,16 @@ runs/logs/NAME.log; with --seeds-per-process K, up to K consecutive seeds of one
 subprocess with the scripts' --num-seeds (`--seed N --num-seeds K --run-name ENV__SCRIPT__{seed}`: the same run names),
 logging to runs/logs/ENV__SCRIPT__N-M.log. A failed process is reported with its log and the others go on. A grid whose runs already have
 results is refused unless --resume (skip the finished runs, continue those with a checkpoint) or --overwrite is given.
-Local runs share the cores: each gets OMP_NUM_THREADS = cores / --workers. Then `python benchmarks/report.py`
-makes the tables.
+Local runs share the cores: each gets OMP_NUM_THREADS = cores / --workers. Every finished process appends one row per
+run to runs/NAME/provenance.csv (command, start, wall time, exit code, commit, machine, torch version), so a run
+directory says how it was made. Then `python benchmarks/report.py` makes the tables.
 """
 
 from __future__ import annotations
 
 import csv
 import os
+import platform
 import re
 import shlex
 import subprocess
@@ -27,6 +29,8 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata
 from pathlib import Path
 from typing import Optional
 
@@ -134,13 +138,86 @@ def run_state(run: Run, output_dir: Path) -> str:
     return "started" if run_dir.is_dir() and any(run_dir.iterdir()) else "new"
 
 
-def execute(command: list[str], log_path: str, cwd: str, env: Optional[dict] = None) -> int:
-    """Run one experiment, its stdout and stderr appended to log_path; returns the exit code."""
+def execute(command: list[str], log_path: str, cwd: str, env: Optional[dict] = None) -> tuple[int, str, float]:
+    """Run one experiment, its stdout and stderr appended to log_path; returns the exit code, the start time (UTC,
+    ISO 8601) and the wall time in seconds."""
     Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+    started, t0 = datetime.now(timezone.utc).isoformat(timespec="seconds"), time.time()
     with open(log_path, "a") as log:  # appended: a resumed run's log keeps what came before
         log.write("$ " + shlex.join(command) + "\n")
         log.flush()
-        return subprocess.run(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+        returncode = subprocess.run(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+    return returncode, started, time.time() - t0
+
+
+PROVENANCE_FIELDS = ["run", "command", "threads", "started_utc", "wall_s", "exit_code", "seeds_in_process", "commit",
+                     "machine", "torch"]
+
+
+def this_commit() -> str:
+    """The repository's commit, with "+local-changes" where tracked files differ from it; "unknown" outside git."""
+    def git(*argv: str) -> str:
+        return subprocess.run(["git", *argv], cwd=Path(__file__).parent, capture_output=True, text=True,
+                              timeout=30).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        return (commit + ("+local-changes" if git("status", "--porcelain", "--untracked-files=no") else "")) or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def this_machine() -> str:
+    """The GPU(s) nvidia-smi names, else the CPU model, with the core count."""
+    cores = f"{os.cpu_count()} CPU cores"
+    try:
+        gpus = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                              text=True, timeout=30).stdout.split("\n")
+        gpus = [g.strip() for g in gpus if g.strip()]
+        if gpus:
+            return f"{len(gpus)} x {gpus[0]}, {cores}"
+    except (OSError, subprocess.SubprocessError):
+        pass
+    try:
+        model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        model = platform.processor() or platform.machine()
+    return f"{model}, {cores}"
+
+
+def readable_command(command: list[str]) -> str:
+    """The command as a person would type it: `python`, and the script relative to the repository when inside it."""
+    script = Path(command[1])
+    try:
+        script = script.relative_to(Path(__file__).resolve().parent)
+    except ValueError:
+        pass
+    return shlex.join(["python", str(script), *command[2:]])
+
+
+def record_provenance(job: Job, output_dir: Path, threads: str, returncode: int, started: str, wall_s: float,
+                      context: dict) -> None:
+    """Append one row per run of a finished process to runs/NAME/provenance.csv (a resumed run gets one more row:
+    its wall time is the sum of its rows)."""
+    for run in job.runs:
+        path = output_dir / "runs" / run.name / "provenance.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        new = not path.exists()
+        with open(path, "a", newline="") as f:
+            writer = csv.DictWriter(f, PROVENANCE_FIELDS)
+            if new:
+                writer.writeheader()
+            writer.writerow({"run": run.name, "command": readable_command(job.command), "threads": threads,
+                             "started_utc": started, "wall_s": f"{wall_s:.1f}", "exit_code": returncode,
+                             "seeds_in_process": len(job.runs), **context})
+
+
+def torch_version() -> str:
+    """torch's version in this Python, the one that runs the scripts locally."""
+    try:
+        return metadata.version("torch")
+    except metadata.PackageNotFoundError:
+        return "not installed"
 
 
 def threads_per_run(workers: int, requested: Optional[int]) -> int:
@@ -194,7 +271,7 @@ def run_local(todo: list[Job], workers: int, threads: int, output_dir: Path, on_
         futures = {pool.submit(execute, r.command, str(output_dir / "runs" / "logs" / f"{r.name}.log"),
                                str(output_dir), env): r for r in todo}
         for future in as_completed(futures):
-            on_done(futures[future], future.result())
+            on_done(futures[future], *future.result())
 
 
 def run_ray(todo: list[Job], address: str, output_dir: Path, on_done) -> None:
@@ -209,7 +286,7 @@ def run_ray(todo: list[Job], address: str, output_dir: Path, on_done) -> None:
     while pending:
         done, _ = ray.wait(list(pending), num_returns=1)
         for ref in done:
-            on_done(pending.pop(ref), ray.get(ref))
+            on_done(pending.pop(ref), *ray.get(ref))
     ray.shutdown()
 
 
@@ -242,18 +319,22 @@ def main(args: Args) -> int:
         return 0
     from tqdm import tqdm
 
+    context = {"commit": this_commit(), "machine": this_machine() + (" (the Ray driver's)" if args.ray_address else ""),
+               "torch": torch_version()}
     failed = []
     bar = tqdm(total=to_run, desc="benchmark", unit="run")
     start = time.time()
 
-    def on_done(job: Job, returncode: int) -> None:
+    def on_done(job: Job, returncode: int, started: str, wall_s: float) -> None:
+        record_provenance(job, output_dir, "ray" if args.ray_address else str(threads), returncode, started, wall_s,
+                          context)
         log = output_dir / "runs" / "logs" / f"{job.name}.log"
         names = ", ".join(r.name for r in job.runs)
         if returncode != 0:
             failed.extend((r, log) for r in job.runs)
             tqdm.write(f"FAILED {names} (exit {returncode}); log: {log}")
         else:
-            tqdm.write(f"done   {names}")
+            tqdm.write(f"done   {names} in {wall_s / 60:.1f} min")
         bar.update(len(job.runs))
 
     if args.ray_address:

@@ -6,8 +6,9 @@ Run directories are named ENV__ALGO__SEED (benchmark.py) or ENV__ALGO__SEED__TIM
 the same (ALGO, ENV) are seeds of one cell. Writes OUT/results.md (one table of final scores and one of best scores,
 algorithm x dataset, mean +- std over seeds with the seed count, and a total row; then the robust aggregates of
 Agarwal et al. 2021 computed by rliable: IQM per algorithm and the probability that --reference improves on each other
-algorithm, with stratified-bootstrap CIs), OUT/curves.png (one panel per dataset, one line per algorithm, mean and a
-+-std band over seeds) and OUT/profile.png (performance profiles).
+algorithm, with stratified-bootstrap CIs; then how each cell was run, from the runs' provenance.csv files that
+benchmark.py writes: seeds, steps, wall time, machine, torch, commit and command), OUT/curves.png (one panel per
+dataset, one line per algorithm, mean and a +-std band over seeds) and OUT/profile.png (performance profiles).
 """
 
 from __future__ import annotations
@@ -39,10 +40,22 @@ class Args:
     """the directory holding one sub-directory per run"""
     out: str = "results"
     """where results.md, curves.png and profile.png are written"""
+    algos: Optional[list[str]] = None
+    """the tables' columns, in this order (default: every algorithm found); a missing cell shows as -"""
+    env_ids: Optional[list[str]] = None
+    """the tables' rows, in this order (default: every dataset found); a missing cell shows as -"""
     reference: str = "misa_continuous"
     """the algorithm whose probability of improving on each other one is reported"""
     bootstrap_reps: int = 2000
     """bootstrap resamples for the robust aggregates' confidence intervals (fixed random state: reproducible)"""
+
+
+def run_key(run_dir: Path) -> Optional[tuple[str, str, int]]:
+    """(algo, env, seed) of a directory named ENV__ALGO__SEED[__TIME], else None."""
+    parts = run_dir.name.split("__")
+    if len(parts) < 3 or not parts[2].lstrip("-").isdigit():
+        return None
+    return parts[1], parts[0], int(parts[2])
 
 
 def load_runs(runs_dir: Path, final_marks: Optional[dict] = None) -> dict[tuple[str, str], dict[int, list]]:
@@ -50,11 +63,10 @@ def load_runs(runs_dir: Path, final_marks: Optional[dict] = None) -> dict[tuple[
     `final_marks`, if given, receives {(algo, env, seed): (episodes, marked final)} of each run's last row."""
     cells: dict = defaultdict(dict)
     for csv_path in sorted(runs_dir.glob("*/evaluations.csv")):
-        parts = csv_path.parent.name.split("__")
-        if len(parts) < 3 or not parts[2].lstrip("-").isdigit():
+        if run_key(csv_path.parent) is None:
             print(f"skipping {csv_path.parent.name}: not named ENV__ALGO__SEED", file=sys.stderr)
             continue
-        env, algo, seed = parts[0], parts[1], int(parts[2])
+        algo, env, seed = run_key(csv_path.parent)
         with open(csv_path) as f:
             rows = list(csv.DictReader(f))
         curve = [(int(r["step"]), float(r["normalized_score"] or r["mean_return"])) for r in rows]
@@ -99,6 +111,54 @@ def table(summary, algos, envs, which: str) -> str:
         totals.append(f"{mean_total:.1f} ± {np.std(per_seed):.1f} ({len(per_seed)})" if per_seed else f"{mean_total:.1f}")
     lines.append("| **total** | " + " | ".join(totals) + " |")
     return "\n".join(lines)
+
+
+def load_provenance(runs_dir: Path) -> dict[tuple[str, str, int], list[dict]]:
+    """{(algo, env, seed): the rows of the run's provenance.csv (one per process that trained it)}."""
+    out = {}
+    for path in sorted(runs_dir.glob("*/provenance.csv")):
+        if run_key(path.parent) is not None:
+            with open(path) as f:
+                out[run_key(path.parent)] = list(csv.DictReader(f))
+    return out
+
+
+def provenance_table(cells, provenance, algos, envs) -> str:
+    """How each cell was run: its seeds, the step of the last evaluation, the wall time per run (the sum over the
+    processes that trained it, including failed tries; seeds trained in one process share its time), the machine,
+    torch and commit, then each cell's command (of its first seed)."""
+    lines = ["| algorithm | dataset | seeds | steps | wall time per run | seeds per process | machine | torch | commit |",
+             "|---" * 9 + "|"]
+    commands = []
+
+    def values(rows, field):
+        return "; ".join(sorted({r[field] for r in rows})) or "-"
+
+    for algo in algos:
+        for env in envs:
+            seeds = cells.get((algo, env))
+            if not seeds:
+                continue
+            rows = {s: provenance.get((algo, env, s), []) for s in sorted(seeds)}
+            recorded = [s for s in rows if rows[s]]
+            every = [r for s in recorded for r in rows[s]]
+            steps = ", ".join(str(v) for v in sorted({curve[-1][0] for curve in seeds.values()}))
+            wall = (f"{np.mean([sum(float(r['wall_s']) for r in rows[s]) for s in recorded]) / 60:.1f} min"
+                    if recorded else "-")
+            if len(recorded) < len(rows):
+                wall += f" (not recorded for seed {', '.join(str(s) for s in rows if not rows[s])})"
+            commit = "; ".join(sorted({r["commit"][:10] + ("+local-changes" if r["commit"].endswith("+local-changes")
+                                                             else "") for r in every})) or "-"
+            lines.append(f"| {algo} | {env} | {', '.join(str(s) for s in rows)} | {steps} | {wall} | "
+                         f"{values(every, 'seeds_in_process')} | {values(every, 'machine')} | "
+                         f"{values(every, 'torch')} | {commit} |")
+            if recorded:
+                commands.append(f"- {algo}, {env}: `{rows[recorded[0]][0]['command']}`")
+    text = "\n".join(lines)
+    if commands:
+        text += "\n\nCommands (each cell's first seed; `benchmark.py` passes the other seeds the same way):\n\n"
+        text += "\n".join(commands)
+    return text
 
 
 def pyplot():
@@ -177,7 +237,8 @@ def plot(cells, algos, envs, path: Path) -> None:
         ax.set_xlabel("gradient steps")
         ax.set_ylabel("normalised score")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.lines:  # a dataset pinned with --env-ids may have no runs yet
+            ax.legend(fontsize=8)
     for ax in list(axes.flat)[len(envs):]:
         ax.axis("off")
     fig.tight_layout()
@@ -192,8 +253,8 @@ def main(args: Args) -> int:
         print(f"error: no runs/*/evaluations.csv under {args.runs_dir}", file=sys.stderr)
         return 2
     summary = summarize(cells)
-    algos = sorted({a for a, _ in cells})
-    envs = sorted({e for _, e in cells})
+    algos = args.algos or sorted({a for a, _ in cells})
+    envs = args.env_ids or sorted({e for _, e in cells})
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     marked = sum(final for _, final in marks.values())
@@ -204,7 +265,8 @@ def main(args: Args) -> int:
             f"{table(summary, algos, envs, 'final')}\n\n"
             f"## Best score (maximum over evaluations)\n\n{table(summary, algos, envs, 'best')}\n\n"
             f"![learning curves](curves.png)\n\n## Robust aggregates (final scores)\n\n"
-            f"{robust_aggregates(summary, algos, envs, args.reference, args.bootstrap_reps, out / 'profile.png')}\n")
+            f"{robust_aggregates(summary, algos, envs, args.reference, args.bootstrap_reps, out / 'profile.png')}\n\n"
+            f"## How each cell was run\n\n{provenance_table(cells, load_provenance(Path(args.runs_dir)), algos, envs)}\n")
     (out / "results.md").write_text(text)
     plot(cells, algos, envs, out / "curves.png")
     print(text)

@@ -6,8 +6,11 @@
 #   STEPS=20 EVAL_FREQ=10 SEEDS=1 ENVS=hopper-medium-replay FINAL_EPISODES=2 bash benchmarks/results_grid.sh  # dry run
 #
 # Every knob is an environment variable (defaults below). Runs land in $OUT/runs/ENV__SCRIPT__SEED (benchmark.py's
-# names; rerunning continues finished or checkpointed runs with --resume), their evaluations.csv files are copied to
-# $OUT/csv/ for committing under docs/results/runs/, and benchmarks/report.py writes $OUT/report/.
+# names; rerunning continues finished or checkpointed runs with --resume), each with its evaluations.csv and
+# provenance.csv (command, wall time, machine, commit). Those two files of every run are packed into
+# $OUT/results-runs.tar.gz, one small file to bring back from a GPU machine and unpack into docs/results/:
+#   tar xzf results-runs.tar.gz -C docs/results    # adds or replaces docs/results/runs/ENV__SCRIPT__SEED/
+# and benchmarks/report.py writes $OUT/report/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,7 +24,7 @@ WORKERS=${WORKERS:-2}             # processes at a time (on one GPU they share i
 SEEDS_PER_PROCESS=${SEEDS_PER_PROCESS:-$SEEDS}  # the seeds of a (script, dataset) pair train in one process (--num-seeds)
 OUT=${OUT:-results-grid}
 PY=${PY:-python3}
-mkdir -p "$OUT/logs" "$OUT/csv"
+mkdir -p "$OUT/logs"
 
 # 1. Datasets: the parts first, all at once (one process and one thread each), then the medium-expert unions.
 start=$(date +%s)
@@ -61,15 +64,10 @@ for script in $SCRIPTS; do
   echo "$script: $(( $(date +%s) - t0 )) s for $SEEDS seeds x $(wc -w <<< "$ENVS") datasets at $STEPS steps"
 done
 
-# 3. What to commit and the report.
-for csv in "$OUT"/runs/*/evaluations.csv; do
-  cp "$csv" "$OUT/csv/$(basename "$(dirname "$csv")").csv"
-done
-mkdir -p "$OUT/report/runs"
-for csv in "$OUT"/csv/*.csv; do
-  name=$(basename "$csv" .csv)
-  mkdir -p "$OUT/report/runs/$name" && cp "$csv" "$OUT/report/runs/$name/evaluations.csv"
-done
-# A GPU machine without the report's packages (rliable, scikit-learn) still leaves $OUT/csv/ to bring back.
-$PY benchmarks/report.py --runs-dir "$OUT/report/runs" --out "$OUT/report" \
-  || echo "the report failed (are requirements.txt's packages installed?); the CSVs are in $OUT/csv/"
+# 3. What to commit (no checkpoints, no TensorBoard files) and the report.
+(cd "$OUT" && find runs -mindepth 2 -maxdepth 2 \( -name evaluations.csv -o -name provenance.csv \) -print0 \
+  | sort -z | tar czf results-runs.tar.gz --null -T -)
+echo "wrote $OUT/results-runs.tar.gz: $(tar tzf "$OUT/results-runs.tar.gz" | wc -l) files"
+# A GPU machine without the report's packages (rliable, scikit-learn) still leaves the archive to bring back.
+$PY benchmarks/report.py --runs-dir "$OUT/runs" --out "$OUT/report" \
+  || echo "the report failed (are requirements.txt's packages installed?); the runs are in $OUT/results-runs.tar.gz"

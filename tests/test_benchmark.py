@@ -83,6 +83,53 @@ def test_local_runs_get_their_share_of_the_cores(tmp_path):
     assert "threads=3" in (tmp_path / "runs" / "toy__fake_algo__1" / "invocation.txt").read_text()
 
 
+def test_every_process_leaves_its_provenance_and_the_report_shows_it(tmp_path):
+    import torch
+
+    r = run_benchmark(tmp_path, "--num-seeds", "2", "--start-seed", "12", "--workers", "2", "--threads-per-run", "1")
+    assert r.returncode == 1  # seed 13 fails on purpose: its failed try is recorded too
+    rows = {}
+    for seed in (12, 13):
+        with open(tmp_path / "runs" / f"toy__fake_algo__{seed}" / "provenance.csv") as f:
+            (rows[seed],) = list(csv.DictReader(f))
+    first = rows[12]
+    assert first["command"] == "python tests/fake_algo.py --env-id toy --seed 12 --run-name toy__fake_algo__12"
+    assert (first["exit_code"], rows[13]["exit_code"], first["threads"], first["seeds_in_process"]) == ("0", "3", "1", "1")
+    assert float(first["wall_s"]) > 0 and first["started_utc"].endswith("+00:00")
+    assert first["torch"] == torch.__version__.split("+")[0] or first["torch"] == torch.__version__
+    assert len(first["commit"].split("+")[0]) == 40 and "CPU cores" in first["machine"]
+    # continuing the run appends a row: its wall time is the sum
+    (tmp_path / "runs" / "toy__fake_algo__12" / "checkpoint.pt").write_bytes(b"stand-in")
+    r = run_benchmark(tmp_path, "--num-seeds", "1", "--start-seed", "12", "--resume", "--extra-args=--total-timesteps 60")
+    assert r.returncode == 0, r.stdout + r.stderr
+    with open(tmp_path / "runs" / "toy__fake_algo__12" / "provenance.csv") as f:
+        both = list(csv.DictReader(f))
+    assert len(both) == 2 and "--resume" in both[1]["command"]
+    # the report: per cell, the mean over seeds of each run's summed wall time (seed 13 failed: no evaluations)
+    runs = tmp_path / "runs"
+    write_run(runs, "toy__fake_algo__14", [1.0, 2.0, 3.0])
+    with open(runs / "toy__fake_algo__14" / "provenance.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, benchmark.PROVENANCE_FIELDS)
+        writer.writeheader()
+        for wall_s in (600, 300):
+            writer.writerow({**first, "run": "toy__fake_algo__14", "wall_s": wall_s})
+    text = report.provenance_table(report.load_runs(runs), report.load_provenance(runs), ["fake_algo"], ["toy"])
+    wall = (sum(float(row["wall_s"]) for row in both) + 900) / 2
+    assert f"| fake_algo | toy | 12, 14 | 30, 60 | {wall / 60:.1f} min | 1 |" in text, text
+    assert "`python tests/fake_algo.py --env-id toy --seed 12" in text
+    # a run without provenance (made by hand) is named; pinned rows and columns show missing cells as -
+    write_run(runs, "toy__fake_algo__15", [1.0])
+    text = report.provenance_table(report.load_runs(runs), report.load_provenance(runs), ["fake_algo"], ["toy"])
+    assert "(not recorded for seed 15)" in text
+    out = tmp_path / "out"
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "report.py"), "--runs-dir", str(runs), "--out",
+                        str(out), "--algos", "fake_algo", "misa_continuous", "--env-ids", "toy", "hopper-medium"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    md = (out / "results.md").read_text()
+    assert "| hopper-medium | - | - |" in md and "## How each cell was run" in md
+
+
 def write_run(root, name, scores):
     d = root / name
     d.mkdir(parents=True)
