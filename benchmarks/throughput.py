@@ -105,6 +105,11 @@ def make_step(module, cls_name: str, algo: str, script_args, dataset: tuple, dev
     first, first + 1, ... in one call of the training step built as the script builds it (`make_train_step`: one
     minibatch per agent drawn on the device, then the update, --steps-per-replay times) and returns their last
     metrics."""
+    if script_args.compile:
+        # compile afresh, as a run of the script does: dynamo's caches from this process's earlier configurations would
+        # make it recompile with dynamic shapes (another seed count) and, past its recompile limit (each optimiser's
+        # step counts), run the rest eagerly; both would be timed as if they were the script's compiled step
+        torch._dynamo.reset()
     num_agents = script_args.num_seeds
     agent = make_agent(module, cls_name, script_args, dataset[0].shape[1], dataset[1].shape[1], device, num_agents)
 

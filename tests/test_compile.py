@@ -23,6 +23,15 @@ CASES = {
 }
 
 
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    """Each case compiles as a fresh process would: the cases' optimisers would otherwise add up to dynamo's recompile
+    limit for Adam's step, and the later cases would run it eagerly."""
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
 @pytest.mark.parametrize("name", list(CASES))
 def test_compiled_update_matches_eager(name):
     # compiled code draws the same random numbers as eager. torch's own config.patch, not monkeypatch: on pytest 9

@@ -124,3 +124,19 @@ def test_training_step_reads_nothing_back_from_the_device(name):
     counts = throughput.count_ops(run_steps, 1)
     assert counts["host_reads_per_step"] == 0, counts
     assert counts["ops_per_step"] > 10
+
+
+def test_throughput_compiles_each_configuration_afresh():
+    """benchmarks/throughput.py times several configurations in one process. Each must compile as a run of the script
+    does, not recompile the previous configuration's graphs with a dynamic seed dimension (timed as if it were the
+    script's step)."""
+    import torch._dynamo.utils
+
+    module = MODULES["iql_continuous"]
+    data = throughput.synthetic_dataset(64, 3, 2, torch.device("cpu"))
+    for seeds in (1, 2):
+        args = module.Args(hidden_dim=16, batch_size=8, num_seeds=seeds, compile=True)
+        _, run_steps = throughput.make_step(module, "IQL", "iql", args, data, torch.device("cpu"))
+        run_steps(0)  # compiles
+    reasons = [str(r) for failures in torch._dynamo.utils.guard_failures.values() for r in failures]
+    assert not any("size mismatch" in r for r in reasons), reasons

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# The GPU measurements that the second speed round owes (docs/performance.md, "Speed round 2"), in order, each one
+# writing its output into DIR as soon as it finishes. A device call lasts at most 10 minutes, so start it in the
+# background of one call and collect it in later ones:
+#
+#   setsid nohup bash benchmarks/gpu_speed_round.sh /tmp/speed > /tmp/speed.log 2>&1 < /dev/null &
+#   cat /tmp/speed.log; tar czf $OUT/speed.tar.gz -C /tmp speed      # later: progress, and what is there so far
+#
+# A step that fails is reported and the next one runs; a run cut short still leaves what it measured.
+# CPU dry run (the graph modes are skipped there, so this checks the commands, not the speed):
+#   SECONDS_PER_CONFIG=0.5 ABLATION_STEPS=20 ABLATION_FLAGS= bash benchmarks/gpu_speed_round.sh /tmp/speed
+set -uo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+
+DIR=${1:?usage: bash benchmarks/gpu_speed_round.sh DIR}
+SECONDS_PER_CONFIG=${SECONDS_PER_CONFIG:-5}  # throughput.py --seconds for every configuration
+ABLATION_STEPS=${ABLATION_STEPS:-5000}      # gradient steps of each run of the TF32 learning ablation
+ABLATION_FLAGS=${ABLATION_FLAGS---compile}  # the mode both ablation runs use (empty: eager)
+PY=${PY:-python3}
+mkdir -p "$DIR"
+DIR=$(cd "$DIR" && pwd)
+
+step() {  # step NAME COMMAND...: run it, its output in DIR/NAME.txt, and say how it ended and how long it took
+  local name=$1 t0 rc
+  shift
+  echo "== $name: $*"
+  t0=$(date +%s)
+  "$@" > "$DIR/$name.txt" 2>&1
+  rc=$?
+  echo "== $name: exit $rc after $(( $(date +%s) - t0 )) s"
+}
+
+step machine bash -c "$PY -c 'import torch; print(torch.__version__, torch.version.cuda)'; nvidia-smi || true"
+S=$SECONDS_PER_CONFIG
+# 1. every mode of every script, with the operation count of the eager step
+step modes $PY benchmarks/throughput.py --modes eager cuda-graphs compile+cuda-graphs --seconds "$S" --count-ops \
+  --out "$DIR/gpu_modes.json"
+# 2. many seeds in one process
+step num_seeds $PY benchmarks/throughput.py --modes cuda-graphs compile+cuda-graphs --num-seeds 1 4 16 64 \
+  --seconds "$S" --out "$DIR/gpu_num_seeds.json"
+# 3. several steps per graph replay (the baselines, which are launch-bound)
+step replay $PY benchmarks/throughput.py --algos td3_bc iql cql --modes cuda-graphs compile+cuda-graphs \
+  --steps-per-replay 1 8 32 --seconds "$S" --out "$DIR/gpu_replay.json"
+# 4. where MISA's and CQL's time goes
+step profile $PY benchmarks/throughput.py --algos misa cql --modes cuda-graphs compile+cuda-graphs --seconds "$S" \
+  --profile 3
+# 5. TF32 matrix products
+step tf32 $PY benchmarks/throughput.py --modes cuda-graphs compile+cuda-graphs --tf32 --seconds "$S" \
+  --out "$DIR/gpu_tf32.json"
+# 6. the fast paths compute what the eager step computes
+step check_graphs $PY benchmarks/check_cuda_graphs.py --num-seeds 4 --steps-per-replay 5
+step check_compile $PY benchmarks/check_cuda_graphs.py --compile
+# 7. TF32 learning ablation: the same seed in FP32 and in TF32, then the side-by-side report
+for precision in fp32 tf32; do
+  flag=$([ $precision = tf32 ] && echo --tf32)
+  # shellcheck disable=SC2086
+  step "ablation_$precision" bash -c "cd '$DIR' && $PY '$ROOT/misa_continuous.py' --env-id hopper-medium \
+    --total-timesteps $ABLATION_STEPS --eval-freq $(( ABLATION_STEPS / 5 > 0 ? ABLATION_STEPS / 5 : 1 )) \
+    --log-freq $(( ABLATION_STEPS / 50 > 0 ? ABLATION_STEPS / 50 : 1 )) $ABLATION_FLAGS $flag --run-name $precision \
+    --overwrite"
+done
+step compare $PY benchmarks/compare_runs.py "$DIR/runs/fp32" "$DIR/runs/tf32" --out "$DIR/tf32_ablation.md"
+echo "== all steps ended; results in $DIR"
