@@ -155,7 +155,11 @@ PROVENANCE_FIELDS = ["run", "command", "threads", "started_utc", "wall_s", "exit
 
 
 def this_commit() -> str:
-    """The repository's commit, with "+local-changes" where tracked files differ from it; "unknown" outside git."""
+    """The repository's commit, with "+local-changes" where tracked files differ from it. A copy without .git (as on
+    a device machine) names it through the environment variable BENCHMARK_COMMIT, else it is "unknown"."""
+    if os.environ.get("BENCHMARK_COMMIT"):
+        return os.environ["BENCHMARK_COMMIT"]
+
     def git(*argv: str) -> str:
         return subprocess.run(["git", *argv], cwd=Path(__file__).parent, capture_output=True, text=True,
                               timeout=30).stdout.strip()

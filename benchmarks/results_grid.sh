@@ -10,7 +10,8 @@
 # provenance.csv (command, wall time, machine, commit). Those two files of every run are packed into
 # $OUT/results-runs.tar.gz, one small file to bring back from a GPU machine and unpack into docs/results/:
 #   tar xzf results-runs.tar.gz -C docs/results    # adds or replaces docs/results/runs/ENV__SCRIPT__SEED/
-# and benchmarks/report.py writes $OUT/report/.
+# and benchmarks/report.py writes $OUT/report/. Where the checkout's .git does not travel (a device machine gets a copy
+# of the working tree), name the commit for provenance.csv: BENCHMARK_COMMIT=<git rev-parse HEAD of the checkout>.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

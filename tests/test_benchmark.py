@@ -83,7 +83,7 @@ def test_local_runs_get_their_share_of_the_cores(tmp_path):
     assert "threads=3" in (tmp_path / "runs" / "toy__fake_algo__1" / "invocation.txt").read_text()
 
 
-def test_every_process_leaves_its_provenance_and_the_report_shows_it(tmp_path):
+def test_every_process_leaves_its_provenance_and_the_report_shows_it(tmp_path, monkeypatch):
     import torch
 
     r = run_benchmark(tmp_path, "--num-seeds", "2", "--start-seed", "12", "--workers", "2", "--threads-per-run", "1")
@@ -98,6 +98,9 @@ def test_every_process_leaves_its_provenance_and_the_report_shows_it(tmp_path):
     assert float(first["wall_s"]) > 0 and first["started_utc"].endswith("+00:00")
     assert first["torch"] == torch.__version__.split("+")[0] or first["torch"] == torch.__version__
     assert len(first["commit"].split("+")[0]) == 40 and "CPU cores" in first["machine"]
+    monkeypatch.setenv("BENCHMARK_COMMIT", "abc123 (named by hand)")  # a copy without .git names its commit
+    assert benchmark.this_commit() == "abc123 (named by hand)"
+    monkeypatch.delenv("BENCHMARK_COMMIT")
     # continuing the run appends a row: its wall time is the sum
     (tmp_path / "runs" / "toy__fake_algo__12" / "checkpoint.pt").write_bytes(b"stand-in")
     r = run_benchmark(tmp_path, "--num-seeds", "1", "--start-seed", "12", "--resume", "--extra-args=--total-timesteps 60")
