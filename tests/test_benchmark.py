@@ -97,7 +97,7 @@ def test_every_process_leaves_its_provenance_and_the_report_shows_it(tmp_path, m
     assert (first["exit_code"], rows[13]["exit_code"], first["threads"], first["seeds_in_process"]) == ("0", "3", "1", "1")
     assert float(first["wall_s"]) > 0 and first["started_utc"].endswith("+00:00")
     assert first["torch"] == torch.__version__.split("+")[0] or first["torch"] == torch.__version__
-    assert len(first["commit"].split("+")[0]) == 40 and "CPU cores" in first["machine"]
+    assert first["commit"] == benchmark.this_commit() != "" and "CPU cores" in first["machine"]
     monkeypatch.setenv("BENCHMARK_COMMIT", "abc123 (named by hand)")  # a copy without .git names its commit
     assert benchmark.this_commit() == "abc123 (named by hand)"
     monkeypatch.delenv("BENCHMARK_COMMIT")
