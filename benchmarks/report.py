@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 import sys
 from collections import defaultdict
 from dataclasses import dataclass
@@ -63,10 +64,11 @@ def load_runs(runs_dir: Path, final_marks: Optional[dict] = None) -> dict[tuple[
     `final_marks`, if given, receives {(algo, env, seed): (episodes, marked final)} of each run's last row."""
     cells: dict = defaultdict(dict)
     for csv_path in sorted(runs_dir.glob("*/evaluations.csv")):
-        if run_key(csv_path.parent) is None:
+        key = run_key(csv_path.parent)
+        if key is None:
             print(f"skipping {csv_path.parent.name}: not named ENV__ALGO__SEED", file=sys.stderr)
             continue
-        algo, env, seed = run_key(csv_path.parent)
+        algo, env, seed = key
         with open(csv_path) as f:
             rows = list(csv.DictReader(f))
         curve = [(int(r["step"]), float(r["normalized_score"] or r["mean_return"])) for r in rows]
@@ -117,9 +119,10 @@ def load_provenance(runs_dir: Path) -> dict[tuple[str, str, int], list[dict]]:
     """{(algo, env, seed): the rows of the run's provenance.csv (one per process that trained it)}."""
     out = {}
     for path in sorted(runs_dir.glob("*/provenance.csv")):
-        if run_key(path.parent) is not None:
+        key = run_key(path.parent)
+        if key is not None:
             with open(path) as f:
-                out[run_key(path.parent)] = list(csv.DictReader(f))
+                out[key] = list(csv.DictReader(f))
     return out
 
 
@@ -147,8 +150,8 @@ def provenance_table(cells, provenance, algos, envs) -> str:
                     if recorded else "-")
             if len(recorded) < len(rows):
                 wall += f" (not recorded for seed {', '.join(str(s) for s in rows if not rows[s])})"
-            commit = "; ".join(sorted({r["commit"][:10] + ("+local-changes" if r["commit"].endswith("+local-changes")
-                                                             else "") for r in every})) or "-"
+            # a full git hash is shortened to 10 characters; "+local-changes" and hand-named commits stay as written
+            commit = "; ".join(sorted({re.sub(r"^([0-9a-f]{10})[0-9a-f]{30}", r"\1", r["commit"]) for r in every})) or "-"
             lines.append(f"| {algo} | {env} | {', '.join(str(s) for s in rows)} | {steps} | {wall} | "
                          f"{values(every, 'seeds_in_process')} | {values(every, 'machine')} | "
                          f"{values(every, 'torch')} | {commit} |")
