@@ -142,12 +142,12 @@ def execute(command: list[str], log_path: str, cwd: str, env: Optional[dict] = N
     """Run one experiment, its stdout and stderr appended to log_path; returns the exit code, the start time (UTC,
     ISO 8601) and the wall time in seconds."""
     Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-    started, t0 = datetime.now(timezone.utc).isoformat(timespec="seconds"), time.time()
+    started, t0 = datetime.now(timezone.utc).isoformat(timespec="seconds"), time.perf_counter()
     with open(log_path, "a") as log:  # appended: a resumed run's log keeps what came before
         log.write("$ " + shlex.join(command) + "\n")
         log.flush()
         returncode = subprocess.run(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
-    return returncode, started, time.time() - t0
+    return returncode, started, time.perf_counter() - t0
 
 
 PROVENANCE_FIELDS = ["run", "command", "threads", "started_utc", "wall_s", "exit_code", "seeds_in_process", "commit",
@@ -212,7 +212,7 @@ def record_provenance(job: Job, output_dir: Path, threads: str, returncode: int,
             if new:
                 writer.writeheader()
             writer.writerow({"run": run.name, "command": readable_command(job.command), "threads": threads,
-                             "started_utc": started, "wall_s": f"{wall_s:.1f}", "exit_code": returncode,
+                             "started_utc": started, "wall_s": f"{wall_s:.3f}", "exit_code": returncode,
                              "seeds_in_process": len(job.runs), **context})
 
 
