@@ -118,7 +118,7 @@ def test_every_process_leaves_its_provenance_and_the_report_shows_it(tmp_path, m
             writer.writerow({**first, "run": "toy__fake_algo__14", "wall_s": wall_s})
     text = report.provenance_table(report.load_runs(runs), report.load_provenance(runs), ["fake_algo"], ["toy"])
     wall = (sum(float(row["wall_s"]) for row in both) + 900) / 2
-    assert f"| fake_algo | toy | 12, 14 | 30, 60 | {wall / 60:.1f} min | 1 |" in text, text
+    assert f"| fake_algo | toy | 12, 14 | 30, 60 | {wall / 60:.1f} min | 2 | 1 |" in text, text
     assert "`python tests/fake_algo.py --env-id toy --seed 12" in text
     # a run without provenance (made by hand) is named; pinned rows and columns show missing cells as -
     write_run(runs, "toy__fake_algo__15", [1.0])
