@@ -7,8 +7,9 @@
 #
 # Every knob is an environment variable (defaults below). Runs land in $OUT/runs/ENV__SCRIPT__SEED (benchmark.py's
 # names; rerunning continues finished or checkpointed runs with --resume), each with its evaluations.csv and
-# provenance.csv (command, wall time, machine, commit). Those two files of every run are packed into
-# $OUT/results-runs.tar.gz, one small file to bring back from a GPU machine and unpack into docs/results/:
+# provenance.csv (command, wall time, machine, commit), and a checkpoint.pt at every evaluation (--save-model: an
+# interrupted run continues from it, and the representation picture reads it). The two CSVs of every run are packed
+# into $OUT/results-runs.tar.gz, one small file to bring back from a GPU machine and unpack into docs/results/:
 #   tar xzf results-runs.tar.gz -C docs/results    # adds or replaces docs/results/runs/ENV__SCRIPT__SEED/
 # and benchmarks/report.py writes $OUT/report/. Where the checkout's .git does not travel (a device machine gets a copy
 # of the working tree), name the commit for provenance.csv: BENCHMARK_COMMIT=<git rev-parse HEAD of the checkout>.
@@ -48,7 +49,7 @@ done
 echo "datasets ready in $(( $(date +%s) - start )) s"
 
 # 2. The grid, one benchmark.py call per script with its fastest mode on a GPU (docs/performance.md).
-common="--total-timesteps $STEPS --eval-freq $EVAL_FREQ --final-eval-episodes $FINAL_EPISODES"
+common="--total-timesteps $STEPS --eval-freq $EVAL_FREQ --final-eval-episodes $FINAL_EPISODES --save-model"
 for script in $SCRIPTS; do
   mode=""
   if $PY -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
@@ -72,3 +73,14 @@ echo "wrote $OUT/results-runs.tar.gz: $(tar tzf "$OUT/results-runs.tar.gz" | wc 
 # A GPU machine without the report's packages (rliable, scikit-learn) still leaves the archive to bring back.
 $PY benchmarks/report.py --runs-dir "$OUT/runs" --out "$OUT/report" \
   || echo "the report failed (are requirements.txt's packages installed?); the runs are in $OUT/results-runs.tar.gz"
+
+# 4. The paper's representation picture: seed 1's MISA and CQL critics side by side, on the first dataset of
+#    REPRESENTATION_ENVS (default: ENVS, in order) where both have a checkpoint; $OUT/representation-ENV.png.
+for env in ${REPRESENTATION_ENVS:-$ENVS}; do
+  misa="$OUT/runs/${env}__misa_continuous__1/checkpoint.pt" cql="$OUT/runs/${env}__cql_continuous__1/checkpoint.pt"
+  if [[ -f $misa && -f $cql ]]; then
+    OMP_NUM_THREADS=${REPRESENTATION_THREADS:-4} $PY tools/plot_representation.py "$misa" "$cql" \
+      --out "$OUT/representation-$env.png" || echo "the representation picture failed for $env"
+    break
+  fi
+done
