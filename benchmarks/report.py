@@ -239,11 +239,17 @@ def plot(cells, algos, envs, path: Path) -> None:
             ax.plot(steps, mean, label=f"{algo} ({len(seeds)})", color=color)
             ax.fill_between(steps, mean - std, mean + std, alpha=0.2, color=color)
         ax.set_title(env)
+        if not ax.lines:  # a dataset pinned with --env-ids may have no runs yet
+            ax.text(0.5, 0.5, "no runs yet", ha="center", va="center", color="0.5", transform=ax.transAxes)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            continue
         ax.set_xlabel("gradient steps")
         ax.set_ylabel("normalised score")
+        # 300000 as 300k: full step counts run into each other under a 5-inch panel
+        ax.xaxis.set_major_formatter(lambda x, _: f"{x / 1000:g}k" if abs(x) >= 1000 else f"{x:g}")
         ax.grid(alpha=0.3)
-        if ax.lines:  # a dataset pinned with --env-ids may have no runs yet
-            ax.legend(fontsize=8)
+        ax.legend(fontsize=8)
     for ax in list(axes.flat)[len(envs):]:
         ax.axis("off")
     fig.tight_layout()
