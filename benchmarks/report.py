@@ -268,6 +268,7 @@ def main(args: Args) -> int:
     envs = args.env_ids or sorted({e for _, e in cells})
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    (out / "profile.png").unlink(missing_ok=True)  # an earlier report's plot must not sit beside tables without one
     marked = sum(final for _, final in marks.values())
     episodes = sorted({str(n) for n, _ in marks.values()})
     final_note = (f"{marked} of {len(marks)} runs end with an evaluation marked final; last evaluations ran "
@@ -281,7 +282,8 @@ def main(args: Args) -> int:
     (out / "results.md").write_text(text)
     plot(cells, algos, envs, out / "curves.png")
     print(text)
-    print(f"wrote {out / 'results.md'}, {out / 'curves.png'} and {out / 'profile.png'}")
+    written = [out / name for name in ("results.md", "curves.png", "profile.png") if (out / name).exists()]
+    print(f"wrote {', '.join(map(str, written))}")
     return 0
 
 

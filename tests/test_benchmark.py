@@ -125,12 +125,15 @@ def test_every_process_leaves_its_provenance_and_the_report_shows_it(tmp_path, m
     text = report.provenance_table(report.load_runs(runs), report.load_provenance(runs), ["fake_algo"], ["toy"])
     assert "(not recorded for seed 15)" in text
     out = tmp_path / "out"
+    out.mkdir()
+    (out / "profile.png").write_bytes(b"an earlier report's plot")  # no aggregates this time: it must not stay
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "report.py"), "--runs-dir", str(runs), "--out",
                         str(out), "--algos", "fake_algo", "misa_continuous", "--env-ids", "toy", "hopper-medium"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     md = (out / "results.md").read_text()
     assert "| hopper-medium | - | - |" in md and "## How each cell was run" in md
+    assert not (out / "profile.png").exists() and "profile.png" not in r.stdout.splitlines()[-1]
 
 
 def write_run(root, name, scores):
@@ -159,6 +162,8 @@ def test_report_means_stds_finals_bests_and_png(tmp_path):
     # totals: seed 1 = 30 + 9, seed 2 = 50 + 3 -> 46.0 +- 6.5; misa lacks walker2d -> no total
     assert f"| **total** | 46.0 ± {np.std([39, 53]):.1f} (2) | - |" in md
     out = tmp_path / "out"
+    out.mkdir()
+    (out / "profile.png").write_bytes(b"an earlier report's plot")  # no aggregates this time: it must not stay
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "report.py"), "--runs-dir", str(runs), "--out",
                         str(out)], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
