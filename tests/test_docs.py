@@ -1,6 +1,9 @@
-"""The docs' line pointers name real code, and the README's two commands are the ones CI runs."""
+"""The docs' line pointers name real code, the README's two commands are the ones CI runs, and the committed
+results table is what report.py makes of the committed runs."""
 
+import os
 import re
+import shlex
 import subprocess
 import sys
 
@@ -39,3 +42,16 @@ def test_constraints_pin_every_requirement():
     for line in (ROOT / "constraints.txt").read_text().splitlines():
         line = line.split("#")[0].strip()
         assert not line or "==" in line, line
+
+
+def test_the_committed_results_table_is_what_report_py_makes_of_the_committed_runs(tmp_path):
+    """docs/results/results.md is rebuilt exactly by the command docs/results.md gives, from docs/results/runs/."""
+    page = (ROOT / "docs" / "results.md").read_text()
+    (block,) = [b for b in re.findall(r"```bash\n(.*?)\n```", page, re.S) if "--runs-dir docs/results/runs" in b]
+    argv = shlex.split(block.replace("\\\n", " "))
+    assert argv[:2] == ["python", "benchmarks/report.py"] and argv[argv.index("--out") + 1] == "docs/results"
+    argv[argv.index("--out") + 1] = str(tmp_path)
+    r = subprocess.run([sys.executable, *argv[1:]], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "results.md").read_text() == (ROOT / "docs" / "results" / "results.md").read_text()
