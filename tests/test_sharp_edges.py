@@ -165,8 +165,12 @@ def test_ctrl_c_during_the_first_use_build_is_one_line_and_keeps_nothing(script,
     env = dict(os.environ, MINARI_DATASETS_PATH=str(datasets), PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     out, err = tmp_path / "out.txt", tmp_path / "err.txt"
     with open(out, "w") as fo, open(err, "w") as fe:
+        # its own process group; SIGINT back to its default, since a test run started in the background of a
+        # non-interactive shell (nohup, CI wrappers) inherits SIGINT ignored, and Python then never raises
+        # KeyboardInterrupt: what a user's Ctrl-C does is what is tested, whatever started pytest
         proc = subprocess.Popen([sys.executable, str(ROOT / script), "--env-id", "hopper-medium"], cwd=tmp_path,
-                                env=env, stdout=fo, stderr=fe, start_new_session=True)  # its own process group
+                                env=env, stdout=fo, stderr=fe, start_new_session=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         deadline = time.time() + 180
         while "step/s" not in err.read_text() and time.time() < deadline and proc.poll() is None:
             time.sleep(0.2)  # until the builder is stepping its envs
