@@ -171,12 +171,18 @@ def test_ctrl_c_during_the_first_use_build_is_one_line_and_keeps_nothing(script,
         proc = subprocess.Popen([sys.executable, str(ROOT / script), "--env-id", "hopper-medium"], cwd=tmp_path,
                                 env=env, stdout=fo, stderr=fe, start_new_session=True,
                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-        deadline = time.time() + 180
-        while "step/s" not in err.read_text() and time.time() < deadline and proc.poll() is None:
-            time.sleep(0.2)  # until the builder is stepping its envs
-        assert proc.poll() is None, out.read_text() + err.read_text()
-        os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the script and the builder get it
-        proc.wait(timeout=120)
+        try:
+            deadline = time.time() + 180
+            while "step/s" not in err.read_text() and time.time() < deadline and proc.poll() is None:
+                time.sleep(0.2)  # until the builder is stepping its envs
+            assert proc.poll() is None, out.read_text() + err.read_text()
+            os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the script and the builder get it
+            proc.wait(timeout=120)
+        finally:  # a failed case must not leave the script (and its builder) building and then training
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
     stderr = err.read_text()
     assert proc.returncode == 130, stderr
     assert "Traceback" not in stderr, stderr
