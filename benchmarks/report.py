@@ -7,8 +7,9 @@ the same (ALGO, ENV) are seeds of one cell. Writes OUT/results.md (one table of 
 algorithm x dataset, mean +- std over seeds with the seed count, and a total row; then the robust aggregates of
 Agarwal et al. 2021 computed by rliable: IQM per algorithm and the probability that --reference improves on each other
 algorithm, with stratified-bootstrap CIs; then how each cell was run, from the runs' provenance.csv files that
-benchmark.py writes: seeds, steps, wall time, machine, torch, commit and command), OUT/curves.png (one panel per
-dataset, one line per algorithm, mean and a +-std band over seeds) and OUT/profile.png (performance profiles).
+benchmark.py writes: seeds, steps, wall time, processes per run, machine, torch, commit and command), OUT/curves.png
+(one panel per dataset, one line per algorithm, mean and a +-std band over seeds) and OUT/profile.png (performance
+profiles; removed when there are no robust aggregates).
 """
 
 from __future__ import annotations
