@@ -1153,7 +1153,7 @@ def main(args: Args) -> None:
 
     print(f"run{'s' * (len(seeds) > 1)} {', '.join(run_names)} on {device}: {num_transitions} transitions from "
           f"{dataset.spec.dataset_id}, rewards: {reward_mode}, normalised score from {ref_source}")
-    last_score = float("nan")
+    last_score = "-"  # the progress bar's score: the mean over seeds of the last evaluation, none yet
     watch = NonFiniteWatch(MISA.LOSS_NAMES, args.num_seeds, step, device)
 
     def check_finite() -> None:
@@ -1187,7 +1187,7 @@ def main(args: Args) -> None:
                         writer.add_scalar(key, value, step)
                 for writer in writers:
                     writer.add_scalar("charts/SPS", sps, step)
-                bar.set_postfix(SPS=f"{sps:.1f}", score=f"{last_score:.1f}")
+                bar.set_postfix(SPS=f"{sps:.1f}", score=last_score)
             if step % args.eval_freq == 0 or step == args.total_timesteps:
                 check_finite()
                 eval_start = time.time()
@@ -1203,7 +1203,7 @@ def main(args: Args) -> None:
                         writer.add_scalar("eval/normalized_score", scores[s], step)
                     write_csv(eval_csvs[s], [[step, f"{mean_returns[s]:.4f}", f"{returns[s].std():.4f}",
                                               "" if ref_min is None else f"{scores[s]:.4f}", num_episodes, int(final)]], "a")
-                last_score = float(scores.mean())
+                last_score = f"{float(scores.mean()):.1f}"
                 if len(seeds) == 1:
                     tqdm.write(f"step {step}: return {mean_returns[0]:.1f} +- {returns[0].std():.1f} over {num_episodes} "
                                f"episodes" + (f", normalised score {scores[0]:.1f}" if ref_min is not None else ""))
