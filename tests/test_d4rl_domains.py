@@ -5,7 +5,6 @@ reference scores, the env spec), trained on for a few steps and evaluated by eve
 from __future__ import annotations
 
 import csv
-import os
 import sys
 import tempfile
 import warnings
@@ -32,14 +31,10 @@ def maze_xml_stays_in_pytest_tmp(tmp_path_factory):
     """gymnasium-robotics 1.4.2 writes each maze it builds as an XML file straight into the system temp folder and
     never deletes it (38 files per suite run); this module's temp folder is pytest's own, which pytest prunes."""
     scratch = tmp_path_factory.mktemp("tempdir")
-    saved_tempdir, saved_env = tempfile.tempdir, os.environ.get("TMPDIR")
-    tempfile.tempdir, os.environ["TMPDIR"] = str(scratch), str(scratch)
-    yield scratch
-    tempfile.tempdir = saved_tempdir
-    if saved_env is None:
-        os.environ.pop("TMPDIR")
-    else:
-        os.environ["TMPDIR"] = saved_env
+    with pytest.MonkeyPatch.context() as patch:  # undone when the module's tests end
+        patch.setattr(tempfile, "tempdir", str(scratch))
+        patch.setenv("TMPDIR", str(scratch))
+        yield scratch
 
 
 @pytest.fixture(scope="module")
