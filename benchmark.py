@@ -12,9 +12,10 @@ runs/logs/NAME.log; with --seeds-per-process K, up to K consecutive seeds of one
 subprocess with the scripts' --num-seeds (`--seed N --num-seeds K --run-name ENV__SCRIPT__{seed}`: the same run names),
 logging to runs/logs/ENV__SCRIPT__N-M.log. A failed process is reported with its log and the others go on. A grid whose runs already have
 results is refused unless --resume (skip the finished runs, continue those with a checkpoint) or --overwrite is given.
-Local runs share the cores: each gets OMP_NUM_THREADS = cores / --workers. Every finished process appends one row per
-run to runs/NAME/provenance.csv (command, start, wall time, exit code, commit, machine, torch version), so a run
-directory says how it was made. Then `python benchmarks/report.py` makes the tables.
+Local runs share the cores: each gets OMP_NUM_THREADS = cores / --workers. Every process writes one row per run to
+runs/NAME/provenance.csv (command, start, wall time, exit code, commit, machine, torch version), so a run directory
+says how it was made; the row is kept up to date while the process runs, so a killed process leaves one too (empty
+exit code). Then `python benchmarks/report.py` makes the tables.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import tyro
 
@@ -71,6 +72,9 @@ class Args:
     """runs/ and runs/logs/ are created here (on a Ray cluster, a path every node can reach)"""
     dry_run: bool = False
     """print the commands and exit"""
+    provenance_every_s: float = 60.0
+    """how often (seconds) a running process's rows in provenance.csv are brought up to date with its wall time so
+    far and an empty exit code, so that a process killed together with benchmark.py still leaves its row"""
 
 
 @dataclass
@@ -138,15 +142,36 @@ def run_state(run: Run, output_dir: Path) -> str:
     return "started" if run_dir.is_dir() and any(run_dir.iterdir()) else "new"
 
 
-def execute(command: list[str], log_path: str, cwd: str, env: Optional[dict] = None) -> tuple[int, str, float]:
+def execute(command: list[str], log_path: str, cwd: str, env: Optional[dict] = None,
+            provenance: Sequence[tuple[str, dict]] = (), provenance_every_s: float = 60.0) -> tuple[int, str, float]:
     """Run one experiment, its stdout and stderr appended to log_path; returns the exit code, the start time (UTC,
-    ISO 8601) and the wall time in seconds."""
+    ISO 8601) and the wall time in seconds. provenance: (path of a run's provenance.csv, that run's row without start,
+    wall time and exit code) for each run the process trains. While the process runs, the rows are brought up to date
+    every provenance_every_s seconds (wall time so far, an empty exit code), then finished with the exit code: a process
+    killed together with benchmark.py (a machine or a session stopped) still leaves its row, its wall time short by
+    less than provenance_every_s."""
     Path(log_path).parent.mkdir(parents=True, exist_ok=True)
     started, t0 = datetime.now(timezone.utc).isoformat(timespec="seconds"), time.perf_counter()
+
+    def record(exit_code: str) -> None:
+        for path, row in provenance:
+            # while running, only into a run directory the script has claimed: a new run refuses a directory that
+            # holds anything, and --overwrite deletes it first
+            if exit_code or Path(path).parent.is_dir():
+                write_provenance_row(Path(path), {**row, "started_utc": started,
+                                                  "wall_s": f"{time.perf_counter() - t0:.3f}", "exit_code": exit_code})
+
     with open(log_path, "a") as log:  # appended: a resumed run's log keeps what came before
         log.write("$ " + shlex.join(command) + "\n")
         log.flush()
-        returncode = subprocess.run(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+        process = subprocess.Popen(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
+        while True:
+            try:
+                returncode = process.wait(timeout=provenance_every_s)
+                break
+            except subprocess.TimeoutExpired:
+                record(exit_code="")
+    record(exit_code=str(returncode))
     return returncode, started, time.perf_counter() - t0
 
 
@@ -199,21 +224,33 @@ def readable_command(command: list[str]) -> str:
     return shlex.join(["python", str(script), *command[2:]])
 
 
-def record_provenance(job: Job, output_dir: Path, threads: str, returncode: int, started: str, wall_s: float,
-                      context: dict) -> None:
-    """Append one row per run of a finished process to runs/NAME/provenance.csv (a resumed run gets one more row:
-    its wall time is the sum of its rows)."""
-    for run in job.runs:
-        path = output_dir / "runs" / run.name / "provenance.csv"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        new = not path.exists()
-        with open(path, "a", newline="") as f:
-            writer = csv.DictWriter(f, PROVENANCE_FIELDS)
-            if new:
-                writer.writeheader()
-            writer.writerow({"run": run.name, "command": readable_command(job.command), "threads": threads,
-                             "started_utc": started, "wall_s": f"{wall_s:.3f}", "exit_code": returncode,
-                             "seeds_in_process": len(job.runs), **context})
+def provenance_rows(job: Job, output_dir: Path, threads: str, context: dict) -> list[tuple[str, dict]]:
+    """(path, row) for each run of a process; execute() adds the start, the wall time and the exit code."""
+    return [(str(output_dir / "runs" / run.name / "provenance.csv"),
+             {"run": run.name, "command": readable_command(job.command), "threads": threads,
+              "seeds_in_process": len(job.runs), **context}) for run in job.runs]
+
+
+def write_provenance_row(path: Path, row: dict) -> None:
+    """Add a process's row to a run's provenance.csv, or replace the row it wrote before (same start and command): one
+    row per process that trained the run, so a resumed run's wall time is the sum of its rows. Written to a temporary
+    file and renamed, so that a kill during the write leaves the earlier file whole."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = []
+    if path.exists():
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    same = [i for i, r in enumerate(rows) if (r["started_utc"], r["command"]) == (row["started_utc"], row["command"])]
+    if same:
+        rows[same[-1]] = row
+    else:
+        rows.append(row)
+    temporary = path.with_name(path.name + ".tmp")
+    with open(temporary, "w", newline="") as f:
+        writer = csv.DictWriter(f, PROVENANCE_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(temporary, path)
 
 
 def torch_version() -> str:
@@ -267,18 +304,19 @@ def make_jobs(runs: list[Run], states: dict[str, str], args: Args, output_dir: P
     return jobs
 
 
-def run_local(todo: list[Job], workers: int, threads: int, output_dir: Path, on_done) -> None:
+def run_local(todo: list[Job], workers: int, threads: int, output_dir: Path, provenance, every_s: float,
+              on_done) -> None:
     # Each process gets its share of the cores: two torch processes with a full thread pool each on the same cores
     # slow each other down far below half speed (measured: docs/performance.md).
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     with ThreadPoolExecutor(max_workers=workers) as pool:  # threads only wait: the work is in subprocesses
         futures = {pool.submit(execute, r.command, str(output_dir / "runs" / "logs" / f"{r.name}.log"),
-                               str(output_dir), env): r for r in todo}
+                               str(output_dir), env, provenance(r), every_s): r for r in todo}
         for future in as_completed(futures):
             on_done(futures[future], *future.result())
 
 
-def run_ray(todo: list[Job], address: str, output_dir: Path, on_done) -> None:
+def run_ray(todo: list[Job], address: str, output_dir: Path, provenance, every_s: float, on_done) -> None:
     try:
         import ray
     except ImportError:
@@ -286,7 +324,7 @@ def run_ray(todo: list[Job], address: str, output_dir: Path, on_done) -> None:
     ray.init(address=address, log_to_driver=False)
     remote_execute = ray.remote(num_cpus=1)(execute)
     pending = {remote_execute.remote(r.command, str(output_dir / "runs" / "logs" / f"{r.name}.log"),
-                                     str(output_dir)): r for r in todo}
+                                     str(output_dir), None, provenance(r), every_s): r for r in todo}
     while pending:
         done, _ = ray.wait(list(pending), num_returns=1)
         for ref in done:
@@ -299,6 +337,8 @@ def main(args: Args) -> int:
         sys.exit("error: --num-seeds, --seeds-per-process and --workers must be >= 1")
     if args.threads_per_run is not None and args.threads_per_run < 1:
         sys.exit(f"error: --threads-per-run must be >= 1, got {args.threads_per_run}")
+    if not args.provenance_every_s > 0:
+        sys.exit(f"error: --provenance-every-s must be > 0, got {args.provenance_every_s}")
     for script in args.scripts:
         if not Path(script).is_file():
             sys.exit(f"error: --scripts: no such file {script}")
@@ -329,9 +369,10 @@ def main(args: Args) -> int:
     bar = tqdm(total=to_run, desc="benchmark", unit="run")
     start = time.time()
 
+    def provenance(job: Job) -> list[tuple[str, dict]]:
+        return provenance_rows(job, output_dir, "ray" if args.ray_address else str(threads), context)
+
     def on_done(job: Job, returncode: int, started: str, wall_s: float) -> None:
-        record_provenance(job, output_dir, "ray" if args.ray_address else str(threads), returncode, started, wall_s,
-                          context)
         log = output_dir / "runs" / "logs" / f"{job.name}.log"
         names = ", ".join(r.name for r in job.runs)
         if returncode != 0:
@@ -342,9 +383,9 @@ def main(args: Args) -> int:
         bar.update(len(job.runs))
 
     if args.ray_address:
-        run_ray(todo, args.ray_address, output_dir, on_done)
+        run_ray(todo, args.ray_address, output_dir, provenance, args.provenance_every_s, on_done)
     else:
-        run_local(todo, args.workers, threads, output_dir, on_done)
+        run_local(todo, args.workers, threads, output_dir, provenance, args.provenance_every_s, on_done)
     bar.close()
     print(f"{to_run - len(failed)} of {to_run} runs succeeded in {time.time() - start:.0f} s")
     for run, log in failed:

@@ -127,10 +127,18 @@ def load_provenance(runs_dir: Path) -> dict[tuple[str, str, int], list[dict]]:
     return out
 
 
+def processes_of(rows: list[dict]) -> str:
+    """How many processes trained a run, and how many of them did not finish (an exit code other than 0: failed,
+    stopped, or killed with their session, whose row benchmark.py leaves with an empty exit code)."""
+    unfinished = sum(row["exit_code"] != "0" for row in rows)
+    return f"{len(rows)}" + (f" ({unfinished} did not finish)" if unfinished else "")
+
+
 def provenance_table(cells, provenance, algos, envs) -> str:
     """How each cell was run: its seeds, the step of the last evaluation, the wall time per run (the sum over the
     processes that trained it, including failed tries; seeds trained in one process share its time), how many
-    processes trained each run (more than one: it was continued from a checkpoint or retried), the machine, torch and
+    processes trained each run (more than one: it was continued from a checkpoint or retried; those that did not
+    finish are counted), the machine, torch and
     commit, then each cell's command (of its first seed)."""
     lines = ["| algorithm | dataset | seeds | steps | wall time per run | processes per run | seeds per process | machine "
              "| torch | commit |", "|---" * 10 + "|"]
@@ -154,7 +162,7 @@ def provenance_table(cells, provenance, algos, envs) -> str:
                 wall += f" (not recorded for seed {', '.join(str(s) for s in rows if not rows[s])})"
             # a full git hash is shortened to 10 characters; "+local-changes" and hand-named commits stay as written
             commit = "; ".join(sorted({re.sub(r"^([0-9a-f]{10})[0-9a-f]{30}", r"\1", r["commit"]) for r in every})) or "-"
-            processes = "; ".join(str(n) for n in sorted({len(rows[s]) for s in recorded})) or "-"
+            processes = "; ".join(sorted({processes_of(rows[s]) for s in recorded})) or "-"
             lines.append(f"| {algo} | {env} | {', '.join(str(s) for s in rows)} | {steps} | {wall} | {processes} | "
                          f"{values(every, 'seeds_in_process')} | {values(every, 'machine')} | "
                          f"{values(every, 'torch')} | {commit} |")

@@ -1,12 +1,14 @@
 """A stand-in algorithm script for the benchmark-runner tests: it behaves like the real scripts' CLI (writes
 runs/<run-name>/evaluations.csv, refuses an existing run directory without --overwrite, continues with --resume)
-in a fraction of a second, and fails on purpose for --seed 13. It records the OMP_NUM_THREADS it was given."""
+in a fraction of a second (or after --sleep seconds), and fails on purpose for --seed 13. It records the
+OMP_NUM_THREADS it was given."""
 
 import argparse
 import csv
 import os
 import shutil
 import sys
+import time
 from pathlib import Path
 
 total_timesteps: int = 30  # the default benchmark.py reads, as from the real scripts' Args
@@ -19,6 +21,7 @@ parser.add_argument("--total-timesteps", type=int, default=total_timesteps)
 parser.add_argument("--eval-freq", type=int, default=10)
 parser.add_argument("--resume")
 parser.add_argument("--overwrite", action="store_true")
+parser.add_argument("--sleep", type=float, default=0.0)  # seconds, to stand in for a long run
 args = parser.parse_args()
 if args.seed == 13:
     print("failing on purpose", file=sys.stderr)
@@ -31,6 +34,7 @@ if run_dir.exists() and not args.resume:
 run_dir.mkdir(parents=True, exist_ok=True)
 (run_dir / "invocation.txt").write_text(f"resume={args.resume} overwrite={args.overwrite} "
                                         f"threads={os.environ.get('OMP_NUM_THREADS')}\n")
+time.sleep(args.sleep)
 with open(run_dir / "evaluations.csv", "w", newline="") as f:
     w = csv.writer(f)
     w.writerow(["step", "mean_return", "std_return", "normalized_score"])

@@ -136,6 +136,43 @@ def test_every_process_leaves_its_provenance_and_the_report_shows_it(tmp_path, m
     assert not (out / "profile.png").exists() and "profile.png" not in r.stdout.splitlines()[-1]
 
 
+def test_a_killed_process_still_leaves_its_provenance(tmp_path):
+    """A session or machine stopped mid-run kills benchmark.py and its processes at once: the row written while the
+    process ran stays, with its start, its wall time so far and no exit code; the report counts it."""
+    import signal
+    import time
+
+    command = [sys.executable, str(ROOT / "benchmark.py"), "--scripts", FAKE, "--env-ids", "toy", "--num-seeds", "1",
+               "--output-dir", str(tmp_path), "--provenance-every-s", "0.2", "--extra-args=--sleep 60"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    path = tmp_path / "runs" / "toy__fake_algo__1" / "provenance.csv"
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:  # until the row says the process has run for a second
+            rows = list(csv.DictReader(path.read_text().splitlines())) if path.exists() else []
+            if rows and float(rows[-1]["wall_s"]) > 1.0:
+                break
+            time.sleep(0.1)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)  # benchmark.py and the run, as a stopped session does
+        process.wait(timeout=30)
+    with open(path) as f:
+        (row,) = list(csv.DictReader(f))
+    assert row["exit_code"] == "" and 1.0 < float(row["wall_s"]) < 30 and row["started_utc"].endswith("+00:00")
+    assert row["command"] == "python tests/fake_algo.py --env-id toy --seed 1 --run-name toy__fake_algo__1 --sleep 60"
+    assert not path.with_name("provenance.csv.tmp").exists()
+    # the report counts the killed process beside the one that finished the run
+    (path.parent / "checkpoint.pt").write_bytes(b"stand-in")
+    r = run_benchmark(tmp_path, "--num-seeds", "1", "--resume")
+    assert r.returncode == 0, r.stdout + r.stderr
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    assert [r["exit_code"] for r in rows] == ["", "0"] and "--resume" in rows[1]["command"]
+    runs = tmp_path / "runs"
+    text = report.provenance_table(report.load_runs(runs), report.load_provenance(runs), ["fake_algo"], ["toy"])
+    assert "| 2 (1 did not finish) |" in text, text
+
+
 def write_run(root, name, scores):
     d = root / name
     d.mkdir(parents=True)
