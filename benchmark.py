@@ -10,12 +10,13 @@ Each run has the deterministic name ENV__SCRIPT__SEED, so its outputs land in ru
 default each run is one subprocess, `python SCRIPT --env-id ENV --seed N --run-name NAME [extra args]`, logging to
 runs/logs/NAME.log; with --seeds-per-process K, up to K consecutive seeds of one (script, dataset) pair train in one
 subprocess with the scripts' --num-seeds (`--seed N --num-seeds K --run-name ENV__SCRIPT__{seed}`: the same run names),
-logging to runs/logs/ENV__SCRIPT__N-M.log. A failed process is reported with its log and the others go on. A grid whose runs already have
-results is refused unless --resume (skip the finished runs, continue those with a checkpoint) or --overwrite is given.
-Local runs share the cores: each gets OMP_NUM_THREADS = cores / --workers. Every process writes one row per run to
-runs/NAME/provenance.csv (command, start, wall time, exit code, commit, machine, torch version), so a run directory
-says how it was made; the row is kept up to date while the process runs, so a killed process leaves one too (empty
-exit code). Then `python benchmarks/report.py` makes the tables.
+logging to runs/logs/ENV__SCRIPT__N-M.log. A failed process is reported with its log and the others go on. Ctrl-C or
+SIGTERM stops a local grid: the running scripts save their checkpoints and exit, no further run starts, and --resume
+continues the grid. A grid whose runs already have results is refused unless --resume (skip the finished runs, continue
+those with a checkpoint) or --overwrite is given. Local runs share the cores: each gets OMP_NUM_THREADS = cores /
+--workers. Every process writes one row per run to runs/NAME/provenance.csv (command, start, wall time, exit code,
+commit, machine, torch version), so a run directory says how it was made; the row is kept up to date while the process
+runs, so a killed process leaves one too (empty exit code). Then `python benchmarks/report.py` makes the tables.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import os
 import platform
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -304,16 +306,39 @@ def make_jobs(runs: list[Run], states: dict[str, str], args: Args, output_dir: P
     return jobs
 
 
+def stop_like_ctrl_c(signum, frame):
+    raise KeyboardInterrupt  # a kill or a cluster's preemption stops the grid as Ctrl-C does
+
+
 def run_local(todo: list[Job], workers: int, threads: int, output_dir: Path, provenance, every_s: float,
-              on_done) -> None:
+              on_done) -> list[Job]:
+    """Runs the processes, up to `workers` at a time; returns those never started. Ctrl-C (or SIGTERM)
+    reaches the running scripts too, and each saves a checkpoint and exits: then no further process is started, and
+    those running are waited for and recorded, so that --resume continues the grid where it stopped."""
     # Each process gets its share of the cores: two torch processes with a full thread pool each on the same cores
     # slow each other down far below half speed (measured: docs/performance.md).
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-    with ThreadPoolExecutor(max_workers=workers) as pool:  # threads only wait: the work is in subprocesses
-        futures = {pool.submit(execute, r.command, str(output_dir / "runs" / "logs" / f"{r.name}.log"),
-                               str(output_dir), env, provenance(r), every_s): r for r in todo}
+    pool = ThreadPoolExecutor(max_workers=workers)  # threads only wait: the work is in subprocesses
+    futures = {pool.submit(execute, r.command, str(output_dir / "runs" / "logs" / f"{r.name}.log"),
+                           str(output_dir), env, provenance(r), every_s): r for r in todo}
+    recorded = set()
+    try:
         for future in as_completed(futures):
             on_done(futures[future], *future.result())
+            recorded.add(future)
+    except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the scripts are saving checkpoints: wait for them
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        not_started = [futures[future] for future in futures if future.cancel()]
+        running = [f for f in futures if not f.cancelled() and f not in recorded]
+        print(f"\nstopping: {len(not_started)} processes not started; waiting for the {len(running)} running to save "
+              f"their checkpoints and exit", flush=True)
+        for future in running:
+            on_done(futures[future], *future.result())
+        pool.shutdown()
+        return not_started
+    pool.shutdown()
+    return []
 
 
 def run_ray(todo: list[Job], address: str, output_dir: Path, provenance, every_s: float, on_done) -> None:
@@ -365,7 +390,7 @@ def main(args: Args) -> int:
 
     context = {"commit": this_commit(), "machine": this_machine() + (" (the Ray driver's)" if args.ray_address else ""),
                "torch": torch_version()}
-    failed = []
+    failed, stopped = [], []
     bar = tqdm(total=to_run, desc="benchmark", unit="run")
     start = time.time()
 
@@ -375,21 +400,32 @@ def main(args: Args) -> int:
     def on_done(job: Job, returncode: int, started: str, wall_s: float) -> None:
         log = output_dir / "runs" / "logs" / f"{job.name}.log"
         names = ", ".join(r.name for r in job.runs)
-        if returncode != 0:
+        if returncode == 130:  # the scripts' exit after Ctrl-C or SIGTERM, with a checkpoint where they could
+            stopped.extend(job.runs)
+            tqdm.write(f"stopped {names} (interrupted; --resume continues it); log: {log}")
+        elif returncode != 0:
             failed.extend((r, log) for r in job.runs)
             tqdm.write(f"FAILED {names} (exit {returncode}); log: {log}")
         else:
             tqdm.write(f"done   {names} in {wall_s / 60:.1f} min")
         bar.update(len(job.runs))
 
+    not_started = 0
     if args.ray_address:
         run_ray(todo, args.ray_address, output_dir, provenance, args.provenance_every_s, on_done)
     else:
-        run_local(todo, args.workers, threads, output_dir, provenance, args.provenance_every_s, on_done)
+        signal.signal(signal.SIGTERM, stop_like_ctrl_c)
+        not_started = sum(len(job.runs) for job in run_local(todo, args.workers, threads, output_dir, provenance,
+                                                             args.provenance_every_s, on_done))
     bar.close()
-    print(f"{to_run - len(failed)} of {to_run} runs succeeded in {time.time() - start:.0f} s")
+    print(f"{to_run - len(failed) - len(stopped) - not_started} of {to_run} runs succeeded in "
+          f"{time.time() - start:.0f} s")
     for run, log in failed:
         print(f"  failed: {run.name}: {log}")
+    if stopped or not_started:
+        print(f"interrupted: {len(stopped)} runs stopped, {not_started} not started; continue the grid with the same "
+              f"command and --resume")
+        return 130
     return 1 if failed else 0
 
 

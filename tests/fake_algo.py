@@ -7,6 +7,7 @@ import argparse
 import csv
 import os
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -34,7 +35,18 @@ if run_dir.exists() and not args.resume:
 run_dir.mkdir(parents=True, exist_ok=True)
 (run_dir / "invocation.txt").write_text(f"resume={args.resume} overwrite={args.overwrite} "
                                         f"threads={os.environ.get('OMP_NUM_THREADS')}\n")
-time.sleep(args.sleep)
+
+
+def stop_like_ctrl_c(signum, frame):
+    raise KeyboardInterrupt  # SIGTERM stops a run as Ctrl-C does, as in the real scripts
+
+
+signal.signal(signal.SIGTERM, stop_like_ctrl_c)
+try:
+    time.sleep(args.sleep)
+except KeyboardInterrupt:  # the real scripts save a checkpoint and exit 130
+    (run_dir / "checkpoint.pt").write_bytes(b"stand-in")
+    sys.exit(130)
 with open(run_dir / "evaluations.csv", "w", newline="") as f:
     w = csv.writer(f)
     w.writerow(["step", "mean_return", "std_return", "normalized_score"])

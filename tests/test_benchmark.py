@@ -173,6 +173,39 @@ def test_a_killed_process_still_leaves_its_provenance(tmp_path):
     assert "| 2 (1 did not finish) |" in text, text
 
 
+@pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM"])
+def test_ctrl_c_or_sigterm_stops_the_grid_and_resume_finishes_it(tmp_path, stop):
+    """Ctrl-C (SIGINT to the terminal's process group) or SIGTERM to the group (a kill, a scheduler): the running
+    script saves a checkpoint and exits, no queued run starts, and --resume finishes the grid."""
+    import signal
+    import time
+
+    command = [sys.executable, str(ROOT / "benchmark.py"), "--scripts", FAKE, "--env-ids", "toy", "--num-seeds", "3",
+               "--workers", "1", "--output-dir", str(tmp_path), "--extra-args=--sleep 60"]
+    # a shell's background job ignores SIGINT, and a child inherits that: give benchmark.py a terminal's default
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    started = tmp_path / "runs" / "toy__fake_algo__1" / "invocation.txt"
+    deadline = time.time() + 60
+    while not started.exists() and time.time() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.5)  # the fake has its SIGTERM handler by now
+    os.killpg(process.pid, getattr(signal, stop))
+    try:
+        out, _ = process.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        raise
+    assert process.returncode == 130, out
+    assert "interrupted: 1 runs stopped, 2 not started" in out and "--resume" in out.splitlines()[-1], out
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["logs", "toy__fake_algo__1"]  # 2, 3 never began
+    with open(tmp_path / "runs" / "toy__fake_algo__1" / "provenance.csv") as f:
+        assert [row["exit_code"] for row in csv.DictReader(f)] == ["130"]
+    r = run_benchmark(tmp_path, "--num-seeds", "3", "--resume")
+    assert r.returncode == 0 and "3 to run (1 continued from their checkpoints)" in r.stdout, r.stdout + r.stderr
+    assert "3 of 3 runs succeeded" in r.stdout
+
+
 def write_run(root, name, scores):
     d = root / name
     d.mkdir(parents=True)
