@@ -59,11 +59,18 @@ for script in $SCRIPTS; do
     esac
   fi
   t0=$(date +%s)
+  rc=0
   # shellcheck disable=SC2086
   $PY benchmark.py --scripts "$script" --env-ids $ENVS --num-seeds "$SEEDS" --seeds-per-process "$SEEDS_PER_PROCESS" \
     --workers "$WORKERS" --resume \
-    --output-dir "$OUT" --extra-args="$common $mode" || echo "some runs of $script failed: see $OUT/runs/logs"
+    --output-dir "$OUT" --extra-args="$common $mode" || rc=$?
   echo "$script: $(( $(date +%s) - t0 )) s for $SEEDS seeds x $(wc -w <<< "$ENVS") datasets at $STEPS steps"
+  if [ "$rc" = 130 ]; then  # Ctrl-C or SIGTERM: benchmark.py stopped its runs; start no other script's grid
+    interrupted=1
+    echo "interrupted: packing what has finished; the same command continues the grid"
+    break
+  fi
+  [ "$rc" = 0 ] || echo "some runs of $script failed: see $OUT/runs/logs"
 done
 
 # 3. What to commit (no checkpoints, no TensorBoard files) and the report.
@@ -73,6 +80,8 @@ echo "wrote $OUT/results-runs.tar.gz: $(tar tzf "$OUT/results-runs.tar.gz" | wc 
 # A GPU machine without the report's packages (rliable, scikit-learn) still leaves the archive to bring back.
 $PY benchmarks/report.py --runs-dir "$OUT/runs" --out "$OUT/report" \
   || echo "the report failed (are requirements.txt's packages installed?); the runs are in $OUT/results-runs.tar.gz"
+
+[ -z "${interrupted:-}" ] || exit 130  # the picture (minutes of t-SNE) waits for a finished grid
 
 # 4. The paper's representation picture: seed 1's MISA and CQL critics side by side, on the first dataset of
 #    REPRESENTATION_ENVS (default: ENVS, in order) where both have a checkpoint; $OUT/representation-ENV.png.
