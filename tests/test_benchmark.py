@@ -272,6 +272,9 @@ def test_ray_runs_two_jobs(tmp_path):
         assert r.returncode == 0, r.stdout + r.stderr
         assert "2 of 2 runs succeeded" in r.stdout
         assert len(list((tmp_path / "runs").glob("toy__fake_algo__*/evaluations.csv"))) == 2
+        with open(tmp_path / "runs" / "toy__fake_algo__1" / "provenance.csv") as f:
+            (row,) = list(csv.DictReader(f))  # written by the Ray task, on the shared output directory
+        assert (row["threads"], row["exit_code"]) == ("ray", "0") and "the Ray driver's" in row["machine"]
     finally:
         subprocess.run(["ray", "stop", "--force"], capture_output=True, timeout=120)
 
