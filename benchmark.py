@@ -391,6 +391,8 @@ def main(args: Args) -> int:
     context = {"commit": this_commit(), "machine": this_machine() + (" (the Ray driver's)" if args.ray_address else ""),
                "torch": torch_version()}
     failed, stopped = [], []
+    # the bar counts finished runs; a long run's own progress bar is in its log
+    print(f"each process's progress and errors are in its log under {output_dir / 'runs' / 'logs'}", flush=True)
     bar = tqdm(total=to_run, desc="benchmark", unit="run")
     start = time.time()
 
