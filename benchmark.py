@@ -318,26 +318,24 @@ def run_local(todo: list[Job], workers: int, threads: int, output_dir: Path, pro
     # Each process gets its share of the cores: two torch processes with a full thread pool each on the same cores
     # slow each other down far below half speed (measured: docs/performance.md).
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-    pool = ThreadPoolExecutor(max_workers=workers)  # threads only wait: the work is in subprocesses
-    futures = {pool.submit(execute, r.command, str(output_dir / "runs" / "logs" / f"{r.name}.log"),
-                           str(output_dir), env, provenance(r), every_s): r for r in todo}
-    recorded = set()
-    try:
-        for future in as_completed(futures):
-            on_done(futures[future], *future.result())
-            recorded.add(future)
-    except KeyboardInterrupt:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the scripts are saving checkpoints: wait for them
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        not_started = [futures[future] for future in futures if future.cancel()]
-        running = [f for f in futures if not f.cancelled() and f not in recorded]
-        print(f"\nstopping: {len(not_started)} processes not started; waiting for the {len(running)} running to save "
-              f"their checkpoints and exit", flush=True)
-        for future in running:
-            on_done(futures[future], *future.result())
-        pool.shutdown()
-        return not_started
-    pool.shutdown()
+    with ThreadPoolExecutor(max_workers=workers) as pool:  # threads only wait: the work is in subprocesses
+        futures = {pool.submit(execute, r.command, str(output_dir / "runs" / "logs" / f"{r.name}.log"),
+                               str(output_dir), env, provenance(r), every_s): r for r in todo}
+        recorded = set()
+        try:
+            for future in as_completed(futures):
+                on_done(futures[future], *future.result())
+                recorded.add(future)
+        except KeyboardInterrupt:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # the scripts are saving checkpoints: wait for them
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            not_started = [futures[future] for future in futures if future.cancel()]
+            running = [f for f in futures if not f.cancelled() and f not in recorded]
+            print(f"\nstopping: {len(not_started)} processes not started; waiting for the {len(running)} running to "
+                  f"save their checkpoints and exit", flush=True)
+            for future in running:
+                on_done(futures[future], *future.result())
+            return not_started
     return []
 
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import csv
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -36,9 +38,22 @@ def test_grid_expansion_and_deterministic_names():
     assert benchmark.total_timesteps(str(ROOT / "baselines" / "iql_continuous.py"), []) == 1_000_000
 
 
+def benchmark_command(tmp_path, *extra):
+    return [sys.executable, str(ROOT / "benchmark.py"), "--scripts", FAKE, "--env-ids", "toy", "--output-dir",
+            str(tmp_path), *extra]
+
+
 def run_benchmark(tmp_path, *extra):
-    return subprocess.run([sys.executable, str(ROOT / "benchmark.py"), "--scripts", FAKE, "--env-ids", "toy",
-                           "--output-dir", str(tmp_path), *extra], capture_output=True, text=True, timeout=300)
+    return subprocess.run(benchmark_command(tmp_path, *extra), capture_output=True, text=True, timeout=300)
+
+
+def start_benchmark_in_its_own_group(tmp_path, *extra):
+    """benchmark.py in a new process group, so that a test can signal it and its runs together as a terminal or a
+    stopped session does. A shell's background job ignores SIGINT and a child inherits that: it gets a terminal's
+    default back."""
+    return subprocess.Popen(benchmark_command(tmp_path, *extra), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def test_local_runs_report_failures_and_resume_skips_finished(tmp_path):
@@ -139,12 +154,8 @@ def test_every_process_leaves_its_provenance_and_the_report_shows_it(tmp_path, m
 def test_a_killed_process_still_leaves_its_provenance(tmp_path):
     """A session or machine stopped mid-run kills benchmark.py and its processes at once: the row written while the
     process ran stays, with its start, its wall time so far and no exit code; the report counts it."""
-    import signal
-    import time
-
-    command = [sys.executable, str(ROOT / "benchmark.py"), "--scripts", FAKE, "--env-ids", "toy", "--num-seeds", "1",
-               "--output-dir", str(tmp_path), "--provenance-every-s", "0.2", "--extra-args=--sleep 60"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    process = start_benchmark_in_its_own_group(tmp_path, "--num-seeds", "1", "--provenance-every-s", "0.2",
+                                               "--extra-args=--sleep 60")
     path = tmp_path / "runs" / "toy__fake_algo__1" / "provenance.csv"
     try:
         deadline = time.time() + 60
@@ -155,7 +166,7 @@ def test_a_killed_process_still_leaves_its_provenance(tmp_path):
             time.sleep(0.1)
     finally:
         os.killpg(process.pid, signal.SIGKILL)  # benchmark.py and the run, as a stopped session does
-        process.wait(timeout=30)
+        process.communicate(timeout=30)
     with open(path) as f:
         (row,) = list(csv.DictReader(f))
     assert row["exit_code"] == "" and 1.0 < float(row["wall_s"]) < 30 and row["started_utc"].endswith("+00:00")
@@ -177,14 +188,8 @@ def test_a_killed_process_still_leaves_its_provenance(tmp_path):
 def test_ctrl_c_or_sigterm_stops_the_grid_and_resume_finishes_it(tmp_path, stop):
     """Ctrl-C (SIGINT to the terminal's process group) or SIGTERM to the group (a kill, a scheduler): the running
     script saves a checkpoint and exits, no queued run starts, and --resume finishes the grid."""
-    import signal
-    import time
-
-    command = [sys.executable, str(ROOT / "benchmark.py"), "--scripts", FAKE, "--env-ids", "toy", "--num-seeds", "3",
-               "--workers", "1", "--output-dir", str(tmp_path), "--extra-args=--sleep 60"]
-    # a shell's background job ignores SIGINT, and a child inherits that: give benchmark.py a terminal's default
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    process = start_benchmark_in_its_own_group(tmp_path, "--num-seeds", "3", "--workers", "1",
+                                               "--extra-args=--sleep 60")
     started = tmp_path / "runs" / "toy__fake_algo__1" / "invocation.txt"
     deadline = time.time() + 60
     while not started.exists() and time.time() < deadline:
