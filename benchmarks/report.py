@@ -193,7 +193,6 @@ def robust_aggregates(summary, algos, envs, reference: str, reps: int, profile_p
     from rliable import library as rly
     from rliable import metrics, plot_utils
 
-
     usable = [a for a in algos if all((a, e) in summary for e in envs)]
     if not usable:
         return "No algorithm has results on every dataset: robust aggregates skipped."

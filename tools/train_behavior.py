@@ -31,7 +31,6 @@ import random
 import shlex
 import signal
 import sys
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal, Optional
