@@ -531,7 +531,6 @@ def step_all(groups: list[tuple[torch.Tensor, list[torch.Tensor], torch.optim.Op
     pre-update parameters, then every optimiser steps. Agent s's loss depends on agent s's parameters only, so the
     gradient of the sum gives each agent its own gradient, and Adam, elementwise, is S independent optimisers."""
     grads = [torch.autograd.grad(loss.sum(), params, retain_graph=True) for loss, params, _ in groups]
-
     for (_, params, opt), group_grads in zip(groups, grads):
         for p, g in zip(params, group_grads):  # a compiled backward may return another memory layout than the
             p.grad = g if g.stride() == p.stride() else torch.empty_like(p).copy_(g)  # param's; fused Adam needs it
