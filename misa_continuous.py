@@ -204,6 +204,7 @@ def validate_args(args: Args) -> None:
     for flag, ok, accepted in checks:
         if not ok:
             fail(f"--{flag} must be {accepted}, got {getattr(args, flag.replace('-', '_'))}")
+    resolve_dataset_id(args.env_id)  # a misspelt --env-id fails here, before the run directory is claimed
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -171,6 +171,7 @@ def validate_args(args: Args) -> None:
     for flag, ok, accepted in checks:
         if not ok:
             fail(f"--{flag} must be {accepted}, got {getattr(args, flag.replace('-', '_'))}")
+    resolve_dataset_id(args.env_id)  # a misspelt --env-id fails here, before the run directory is claimed
 
 
 # Short D4RL-style names resolve to the project's own D4RL-protocol datasets on the Gymnasium v5 envs

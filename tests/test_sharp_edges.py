@@ -1,5 +1,6 @@
-"""What a new user runs into, in all four scripts: damaged datasets, unwritable or taken output folders, a full disk
-while checkpointing, Ctrl-C during the first-use dataset build, and the CQL-style Lagrange multiplier's start.
+"""What a new user runs into, in all four scripts: damaged datasets, a misspelt --env-id, unwritable or taken output
+folders, a full disk while checkpointing, Ctrl-C during the first-use dataset build, and the CQL-style Lagrange
+multiplier's start.
 Each failure must be one 'error:' line that says what to do, and no earlier result may be lost."""
 
 from __future__ import annotations
@@ -102,6 +103,13 @@ def test_unwritable_output_folder_is_refused_before_any_work(script, datasets_ro
     assert "transitions from" not in r.stdout  # refused before the dataset was read
     assert (tmp_path / "runs").read_text() == "a file where the runs folder should be"
     assert time.time() - started < 120
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_misspelt_env_id_is_one_line_and_leaves_no_run_directory(script, tmp_path):
+    r = run_script(script, "--env-id", "hopper-mediun", cwd=tmp_path, timeout=120)
+    assert_clean_error(r, "'hopper-mediun'", "hopper-medium-replay", "walker2d-expert")
+    assert not (tmp_path / "runs").exists()  # refused before the run directory was claimed
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
