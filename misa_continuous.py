@@ -566,11 +566,12 @@ def sample_actions(mean: torch.Tensor, log_std: torch.Tensor, num_samples: Optio
 # Hamiltonian Monte Carlo
 def hmc_transition(log_density_and_grad: Callable[..., tuple[torch.Tensor, torch.Tensor]], target: tuple,
                    position: torch.Tensor, log_p: torch.Tensor, grad: torch.Tensor, eps: torch.Tensor,
-                   leapfrog_steps: int, adapt: bool) -> tuple[torch.Tensor, ...]:
-    """One HMC transition of every chain: a fresh momentum, `leapfrog_steps` leapfrog steps, the Metropolis-Hastings
-    accept/reject of each chain and, if `adapt`, each agent's step-size update. The density is
-    `log_density_and_grad(action, *target)`. Returns the new (position, log_p, grad, eps) and which chains accepted."""
-    momentum0 = torch.randn_like(position)
+                   momentum0: torch.Tensor, log_uniform: torch.Tensor, leapfrog_steps: int,
+                   adapt: bool) -> tuple[torch.Tensor, ...]:
+    """One HMC transition of every chain: from the fresh momentum `momentum0` ~ N(0, I), `leapfrog_steps` leapfrog
+    steps, the Metropolis-Hastings accept/reject of each chain (log U = `log_uniform`) and, if `adapt`, each agent's
+    step-size update. The density is `log_density_and_grad(action, *target)`. Returns the new (position, log_p, grad,
+    eps) and which chains accepted."""
     momentum = momentum0 + 0.5 * eps * grad
     proposal = position
     for leap in range(leapfrog_steps):
@@ -581,7 +582,7 @@ def hmc_transition(log_density_and_grad: Callable[..., tuple[torch.Tensor, torch
     momentum = momentum + 0.5 * eps * new_grad
     log_ratio = new_log_p - log_p + 0.5 * (momentum0.pow(2) - momentum.pow(2)).sum(-1)
     log_ratio = log_ratio.nan_to_num(nan=-torch.inf, posinf=-torch.inf, neginf=-torch.inf)  # non-finite: rejected
-    accept = torch.log(torch.rand_like(log_ratio)) < log_ratio
+    accept = log_uniform < log_ratio
     if adapt:
         mean_accept_prob = torch.exp(log_ratio.clamp(max=0.0)).mean(-1)  # (S,): over each agent's chains
         eps = torch.where(mean_accept_prob[:, None, None] > 0.75, eps * 1.01, eps / 1.01)
@@ -615,10 +616,15 @@ def hmc_sample(
     adapt_steps = int(0.8 * burnin)
     position = init
     log_p, grad = log_density_and_grad(position, *target)
+    num_transitions = burnin + num_samples  # the chain's noise, drawn once, the agent first in every draw:
+    shape = (num_agents, num_transitions, *init.shape[1:])  # momenta (S, T, B, D) and log U (S, T, B)
+    momenta = torch.randn(shape, dtype=init.dtype, device=init.device)
+    log_uniforms = torch.log(torch.rand(shape[:-1], dtype=init.dtype, device=init.device))
     samples, accepted = [], torch.zeros(num_agents, device=init.device)
-    for t in range(burnin + num_samples):
+    for t in range(num_transitions):
         position, log_p, grad, eps, accept = transition(log_density_and_grad, target, position, log_p, grad, eps,
-                                                        leapfrog_steps, t < adapt_steps)
+                                                        momenta[:, t], log_uniforms[:, t], leapfrog_steps,
+                                                        t < adapt_steps)
         if t >= burnin:
             samples.append(position)
             accepted = accepted + accept.float().mean(-1)
