@@ -29,6 +29,7 @@ Deviations from the released code, each for the reason given:
 from __future__ import annotations
 
 import csv
+import functools
 import math
 import os
 import random
@@ -50,6 +51,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import tyro
+
+try:  # only --fused-hmc needs Triton (CUDA builds of torch ship it; TRITON_INTERPRET=1 runs its kernels on the CPU)
+    import triton
+    import triton.language as tl
+except ImportError:
+    triton = tl = None
 
 
 @dataclass
@@ -93,6 +100,11 @@ class Args:
     tf32: bool = False
     """allow TF32 matrix products on CUDA (faster on Ampere and newer GPUs, with 10 mantissa bits; JAX's default there);
     off until a GPU ablation shows that learning is unchanged (docs/performance.md). No effect on the CPU"""
+    fused_hmc: bool = False
+    """run the HMC chain's transitions after the step-size adaptation (51 of 55 by default) as one Triton kernel,
+    the same arithmetic as the torch reference; needs Triton, a CUDA device (or TRITON_INTERPRET=1 on the CPU, for
+    tests), --num-layers 2 and a power-of-two --hidden-dim of at least 16. Off until timed on a GPU
+    (docs/performance.md)"""
     steps_per_replay: int = 1
     """gradient steps per call of the training step; with CUDA graphs one graph holds that many consecutive steps and
     one replay runs them all, so launch and Python costs are paid once per that many steps (as lax.scan does in JAX).
@@ -204,6 +216,12 @@ def validate_args(args: Args) -> None:
     for flag, ok, accepted in checks:
         if not ok:
             fail(f"--{flag} must be {accepted}, got {getattr(args, flag.replace('-', '_'))}")
+    if args.fused_hmc:
+        if triton is None:
+            fail("--fused-hmc needs Triton: pip install triton (CUDA builds of torch include it)")
+        if args.num_layers != 2 or args.hidden_dim < 16 or args.hidden_dim & (args.hidden_dim - 1):
+            fail(f"--fused-hmc's kernel is written for --num-layers 2 and a power-of-two --hidden-dim >= 16, got "
+                 f"{args.num_layers} and {args.hidden_dim}")
     resolve_dataset_id(args.env_id)  # a misspelt --env-id fails here, before the run directory is claimed
 
 
@@ -603,10 +621,13 @@ def hmc_sample(
     step_size: float,
     target: tuple = (),
     transition: Callable[..., tuple[torch.Tensor, ...]] = hmc_transition,
+    fixed_step_chain: Optional[Callable[..., tuple[torch.Tensor, torch.Tensor]]] = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One chain per state of each agent: `init` (S, B, D); the density is `log_density_and_grad(action, *target)`.
     Returns the kept samples (S, num_samples, B, D), each agent's acceptance rate over the kept transitions and its
-    final step size ((S,) tensors: no host sync). `transition` is `hmc_transition`, or that function compiled.
+    final step size ((S,) tensors: no host sync). `transition` is `hmc_transition`, or that function compiled;
+    `fixed_step_chain`, if given, runs every transition after the step-size adaptation in one call (the fused kernel
+    of --fused-hmc), from the same state and noise as the loop would.
 
     Each agent has one step size, shared by its B chains; on the first 80% of burn-in it is multiplied by 1.01 when
     the mean acceptance probability of that agent's chains exceeds 0.75 and divided by 1.01 otherwise. A non-finite
@@ -622,6 +643,10 @@ def hmc_sample(
     log_uniforms = torch.log(torch.rand(shape[:-1], dtype=init.dtype, device=init.device))
     samples, accepted = [], torch.zeros(num_agents, device=init.device)
     for t in range(num_transitions):
+        if fixed_step_chain is not None and t >= adapt_steps:  # the rest of the chain in one call (--fused-hmc)
+            samples, accept_rate = fixed_step_chain(target, position, log_p, grad, eps, momenta, log_uniforms, t,
+                                                    burnin, leapfrog_steps)
+            return samples, accept_rate, eps.view(num_agents)
         position, log_p, grad, eps, accept = transition(log_density_and_grad, target, position, log_p, grad, eps,
                                                         momenta[:, t], log_uniforms[:, t], leapfrog_steps,
                                                         t < adapt_steps)
@@ -640,6 +665,133 @@ def misa_log_density_and_grad(action: torch.Tensor, critic: TwinCritic, state_pa
     q_min, q_grad = critic.min_q_and_action_grad(state_part, action)
     log_pi, log_pi_grad = action_log_prob_and_grad(action, mean, inv_std, log_norm)
     return log_pi + q_min, log_pi_grad + q_grad
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The fused HMC chain (--fused-hmc): the transitions of hmc_transition with misa_log_density_and_grad, as one Triton
+# kernel. After the step-size adaptation the chains no longer interact, so one program runs all remaining transitions
+# of a block of chains, and the 102 dependent density evaluations of a default step are one launch instead of 42 tensor
+# operations each (torch, eager). Noise comes in from hmc_sample, so both paths draw the same numbers. The torch
+# functions above stay the reference; tests/test_fused_hmc.py checks that both give the same chain.
+if triton is not None:
+
+    @triton.jit
+    def _elu(z):
+        return tl.where(z > 0, z, tl.exp(tl.minimum(z, 0.0)) - 1.0)
+
+    @triton.jit
+    def _critic_q_and_action_grad(a, rows, row_ok, cols, col_ok, member, B, OBS, A, state_part_ptr, w1_ptr, w2_ptr,
+                                  b2_ptr, w3_ptr, b3_ptr, H: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+                                  PREC: tl.constexpr):
+        """One critic (stacked member `member` = 2 s + i) at actions a (BM, AP): Q (BM,) and dQ/da (BM, AP), as
+        TwinCritic.min_q_and_action_grad computes them for one critic (2 hidden layers)."""
+        hid = tl.arange(0, H)
+        z1 = tl.load(state_part_ptr + (member * B + rows)[:, None] * H + hid[None, :], mask=row_ok[:, None], other=0.0)
+        w1a = tl.load(w1_ptr + (member * (OBS + A) + OBS + cols)[:, None] * H + hid[None, :], mask=col_ok[:, None],
+                      other=0.0)  # layer 1's rows that multiply the action (AP, H), zero past A
+        h1 = _elu(z1 + tl.dot(a, w1a, input_precision=PREC))
+        q = tl.zeros((BM,), dtype=h1.dtype) + tl.load(b3_ptr + member)
+        dq_dh1 = tl.zeros_like(h1)
+        for n0 in range(0, H, BN):  # layer 2 and the output layer, BN units at a time
+            units = n0 + tl.arange(0, BN)
+            w2 = tl.load(w2_ptr + member * H * H + hid[:, None] * H + units[None, :])  # (H, BN)
+            h2 = _elu(tl.dot(h1, w2, input_precision=PREC) + tl.load(b2_ptr + member * H + units)[None, :])
+            w3 = tl.load(w3_ptr + member * H + units)
+            q += tl.sum(h2 * w3[None, :], 1)
+            dq_dh2 = w3[None, :] * tl.minimum(h2 + 1.0, 1.0)  # ELU'(z) = min(ELU(z) + 1, 1)
+            dq_dh1 += tl.dot(dq_dh2, tl.trans(w2), input_precision=PREC)
+        return q, tl.dot(dq_dh1 * tl.minimum(h1 + 1.0, 1.0), tl.trans(w1a), input_precision=PREC)
+
+    @triton.jit
+    def _misa_log_density_and_grad(a, rows, row_ok, cols, col_ok, agent, B, OBS, A, state_part_ptr, w1_ptr, w2_ptr,
+                                   b2_ptr, w3_ptr, b3_ptr, mean, inv_std, log_norm, H: tl.constexpr, BM: tl.constexpr,
+                                   BN: tl.constexpr, PREC: tl.constexpr):
+        """f(a) = log pi(a|s) + min_i Q_i(s, a) and its gradient in a, as misa_log_density_and_grad."""
+        q_min = tl.full((BM,), float("inf"), a.dtype)
+        dq_min = tl.zeros_like(a)
+        for critic in range(2):
+            q, dq = _critic_q_and_action_grad(a, rows, row_ok, cols, col_ok, 2 * agent + critic, B, OBS, A,
+                                              state_part_ptr, w1_ptr, w2_ptr, b2_ptr, w3_ptr, b3_ptr, H, BM, BN, PREC)
+            is_min = q < q_min  # strict: a tie keeps Q1, as torch.min's index does
+            q_min, dq_min = tl.where(is_min, q, q_min), tl.where(is_min[:, None], dq, dq_min)
+        valid = row_ok[:, None] & col_ok[None, :]
+        u = 0.5 * tl.log((1.0 + a) / (1.0 - a))  # atanh: NaN outside (-1, 1), which the transition rejects
+        z = (u - mean) * inv_std
+        softplus = tl.maximum(-2.0 * u, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(2.0 * u)))  # softplus(-2u)
+        terms = tl.where(valid, 0.5 * z * z + 2.0 * (0.6931471805599453 - u - softplus), 0.0)
+        log_pi_grad = tl.where(valid, (2.0 * a - z * inv_std) / (1.0 - a * a), 0.0)
+        return log_norm - tl.sum(terms, 1) + q_min, log_pi_grad + dq_min
+
+    @triton.jit
+    def _misa_hmc_chain_kernel(position_ptr, log_p_ptr, grad_ptr, eps_ptr, momenta_ptr, log_uniforms_ptr, samples_ptr,
+                               accepted_ptr, state_part_ptr, w1_ptr, w2_ptr, b2_ptr, w3_ptr, b3_ptr, mean_ptr,
+                               inv_std_ptr, log_norm_ptr, B, OBS, A, FIRST, BURNIN, T, LEAPFROG, H: tl.constexpr,
+                               AP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr):
+        """Program (s, j) runs chains j*BM .. j*BM + BM - 1 of agent s through transitions FIRST .. T - 1 at agent s's
+        fixed step size, as hmc_transition(adapt=False) does, writing the position after each transition from BURNIN
+        on as a sample and counting each chain's acceptances among them."""
+        agent, rows = tl.program_id(0), tl.program_id(1) * BM + tl.arange(0, BM)
+        cols = tl.arange(0, AP)
+        row_ok, col_ok = rows < B, cols < A
+        valid = row_ok[:, None] & col_ok[None, :]
+        chain_action = (agent * B + rows)[:, None] * A + cols[None, :]  # offsets in (S, B, A) tensors
+        chain = agent * B + rows  # offsets in (S, B) tensors
+        position = tl.load(position_ptr + chain_action, mask=valid, other=0.0)
+        grad = tl.load(grad_ptr + chain_action, mask=valid, other=0.0)
+        log_p = tl.load(log_p_ptr + chain, mask=row_ok, other=0.0)
+        mean = tl.load(mean_ptr + chain_action, mask=valid, other=0.0)
+        inv_std = tl.load(inv_std_ptr + chain_action, mask=valid, other=0.0)
+        log_norm = tl.load(log_norm_ptr + chain, mask=row_ok, other=0.0)
+        eps = tl.load(eps_ptr + agent)
+        accepted = tl.zeros_like(log_p)
+        for t in range(FIRST, T):
+            noise = (agent * T + t) * B + rows  # offsets in the (S, T, B) noise, times A in the momenta
+            momentum0 = tl.load(momenta_ptr + noise[:, None] * A + cols[None, :], mask=valid, other=0.0)
+            momentum = momentum0 + 0.5 * eps * grad
+            proposal, new_log_p, new_grad = position, log_p, grad
+            for leap in range(LEAPFROG):  # a full momentum step between position steps, a half step after the last
+                proposal = proposal + eps * momentum
+                new_log_p, new_grad = _misa_log_density_and_grad(
+                    proposal, rows, row_ok, cols, col_ok, agent, B, OBS, A, state_part_ptr, w1_ptr, w2_ptr, b2_ptr,
+                    w3_ptr, b3_ptr, mean, inv_std, log_norm, H, BM, BN, PREC)
+                momentum = momentum + tl.where(leap < LEAPFROG - 1, eps, 0.5 * eps) * new_grad
+            log_ratio = new_log_p - log_p + 0.5 * tl.sum(momentum0 * momentum0 - momentum * momentum, 1)
+            finite = (log_ratio - log_ratio) == 0.0  # x - x is NaN exactly when x is not finite: a rejection
+            accept = finite & (tl.load(log_uniforms_ptr + noise, mask=row_ok, other=0.0) < log_ratio)
+            position = tl.where(accept[:, None], proposal, position)
+            log_p = tl.where(accept, new_log_p, log_p)
+            grad = tl.where(accept[:, None], new_grad, grad)
+            kept = rows * 0 + t >= BURNIN  # (BM,): whether this transition's positions are samples
+            sample = agent * (T - BURNIN) + tl.maximum(t - BURNIN, 0)  # in (S, K, B, A), K = T - BURNIN
+            tl.store(samples_ptr + (sample * B + rows)[:, None] * A + cols[None, :], position,
+                     mask=valid & kept[:, None])
+            accepted += tl.where(accept & kept, 1.0, 0.0)
+        tl.store(accepted_ptr + chain, accepted, mask=row_ok)
+
+
+def fused_hmc_chain(target: tuple, position: torch.Tensor, log_p: torch.Tensor, grad: torch.Tensor, eps: torch.Tensor,
+                    momenta: torch.Tensor, log_uniforms: torch.Tensor, first: int, burnin: int, leapfrog_steps: int,
+                    tf32: bool = False, block_chains: int = 16, block_units: int = 32,
+                    num_warps: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    """hmc_sample's `fixed_step_chain` for MISA's target (critic, state_part, mean, inv_std, log_norm): runs
+    transitions `first` .. T - 1 of every chain in one kernel launch, with the chain's noise momenta (S, T, B, A) and
+    log_uniforms (S, T, B), keeping the positions from transition `burnin` on. Returns the samples (S, T - burnin, B,
+    A) and each agent's acceptance rate over them (S,). Each program
+    runs `block_chains` chains and walks the second hidden layer `block_units` units at a time."""
+    critic, state_part, mean, inv_std, log_norm = target
+    (w1, w2, w3), (_, b2, b3) = list(critic.net.weights), list(critic.net.biases)
+    num_agents, batch, act_dim = position.shape
+    hidden, num_transitions = w2.shape[-1], momenta.shape[1]
+    num_samples = num_transitions - burnin
+    samples = position.new_empty(num_agents, num_samples, batch, act_dim)
+    accepted = position.new_empty(num_agents, batch)
+    tensors = [position, log_p, grad, eps, momenta, log_uniforms, samples, accepted, state_part, w1, w2, b2, w3, b3,
+               mean, inv_std, log_norm]
+    _misa_hmc_chain_kernel[(num_agents, triton.cdiv(batch, block_chains))](
+        *[x.contiguous() for x in tensors], batch, w1.shape[-2] - act_dim, act_dim, first, burnin, num_transitions,
+        leapfrog_steps, H=hidden, AP=max(16, triton.next_power_of_2(act_dim)), BM=block_chains,
+        BN=min(block_units, hidden), PREC="tf32" if tf32 else "ieee", num_warps=num_warps)
+    return samples, accepted.sum(-1) / (batch * num_samples)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -715,6 +867,9 @@ class MISA:
         # compiled once as one graph, two variants (adapting or not), and called for each of the chain's transitions
         self.hmc_transition = (torch.compile(hmc_transition, fullgraph=True, mode=args.compile_mode) if args.compile
                                else hmc_transition)
+        # --fused-hmc: the transitions after the step-size adaptation run as one Triton kernel (fused_hmc_chain)
+        self.fixed_step_chain = (functools.partial(fused_hmc_chain, tf32=args.tf32 and device.type == "cuda")
+                                 if args.fused_hmc else None)
 
     def update(self, obs, actions, rewards, next_obs, dones) -> dict[str, torch.Tensor]:
         """Shapes: S agents, B states each, K samples per state; Q values carry the twin critics first, (2, S, ...)."""
@@ -754,7 +909,7 @@ class MISA:
                 target = (self.critic, self.critic.state_part(obs), mean.detach(), torch.exp(-log_std), log_norm)
             mcmc_samples, accept_rate, step_size = hmc_sample(
                 misa_log_density_and_grad, actions, k, args.mcmc_burnin, args.mcmc_leapfrog_steps,
-                args.mcmc_step_size, target, self.hmc_transition,
+                args.mcmc_step_size, target, self.hmc_transition, self.fixed_step_chain,
             )  # (S, K, B, A)
             weights = partition_state_weights(q_pi.detach().min(0).values, args.mi_bound, args.f_exp_cap)  # (S, B)
             log_pi_mcmc = action_log_prob(mcmc_samples.detach(), mean.unsqueeze(1), log_std.unsqueeze(1))  # (S, K, B)
@@ -1102,6 +1257,9 @@ def main(args: Args) -> None:
     if args.cuda_graphs == "on" and device.type != "cuda":
         fail("--cuda-graphs on needs a CUDA device (none is available, or --no-cuda was given); "
              "use --cuda-graphs auto or off")
+    triton_interpreter = os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+    if args.fused_hmc and device.type != "cuda" and not triton_interpreter:
+        fail("--fused-hmc needs a CUDA device (or TRITON_INTERPRET=1, Triton's slow CPU interpreter, for tests)")
 
     if resume_blobs is not None:
         run_names = [blob["run_name"] for blob in resume_blobs]

@@ -10,9 +10,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
-import pytest
-import torch
+# CI has no GPU: Triton kernels (MISA's --fused-hmc) run in Triton's CPU interpreter in this process. Triton reads the
+# switch when it is imported and again when a kernel runs, so it is set before anything imports it. The scripts that
+# tests start as subprocesses do not inherit it (run_script), as a user's run would not.
+os.environ["TRITON_INTERPRET"] = "1"
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -57,6 +62,7 @@ torch.set_num_threads(1)
 
 def run_script(script: str, *args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    del env["TRITON_INTERPRET"]
     return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=timeout)
 
