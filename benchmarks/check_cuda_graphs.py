@@ -3,6 +3,7 @@
     python benchmarks/check_cuda_graphs.py                 # all four scripts, 20 steps each
     python benchmarks/check_cuda_graphs.py --compile       # torch.compile + CUDA graphs against eager
     python benchmarks/check_cuda_graphs.py --steps-per-replay 5   # five steps per graph replay against eager
+    python benchmarks/check_cuda_graphs.py --algos misa --fused-hmc --steps 200   # MISA's Triton chain against torch
 
 For each script, two agents start from the same initialisation and the same random state and take the same number
 of steps on the same synthetic device-resident dataset: one eager (`--cuda-graphs off`), one through the script's
@@ -40,14 +41,18 @@ class Args:
     steps_per_replay: int = 1
     """steps per call of the graph-captured step (the scripts' --steps-per-replay; --steps must be a multiple); the
     eager run takes one step per call"""
+    fused_hmc: bool = False
+    """MISA: the graph-captured run also uses --fused-hmc (the Triton chain kernel), so that it is checked against
+    the eager torch reference"""
     atol: float = 1e-3
     """largest allowed absolute parameter difference after --steps steps"""
 
 
 def run(module, cls_name: str, algo: str, graphs: bool, compile: bool, steps: int, data, device,
-        num_seeds: int, steps_per_replay: int = 1) -> tuple[dict, dict]:
+        num_seeds: int, steps_per_replay: int = 1, fused_hmc: bool = False) -> tuple[dict, dict]:
+    extra = dict(fused_hmc=fused_hmc) if algo == "misa" else {}
     script_args = module.Args(cuda_graphs="on" if graphs else "off", compile=compile, num_seeds=num_seeds,
-                              steps_per_replay=steps_per_replay)
+                              steps_per_replay=steps_per_replay, **extra)
     torch.manual_seed(0)
     agent, run_steps = make_step(module, cls_name, algo, script_args, data, device)
     torch.manual_seed(1)
@@ -78,7 +83,7 @@ def main(args: Args) -> None:
         module = load(path)
         eager_params, eager_metrics = run(module, cls_name, algo, False, False, args.steps, data, device, args.num_seeds)
         graph_params, graph_metrics = run(module, cls_name, algo, True, args.compile, args.steps, data, device,
-                                          args.num_seeds, args.steps_per_replay)
+                                          args.num_seeds, args.steps_per_replay, args.fused_hmc)
         worst = max((eager_params[k] - graph_params[k]).abs().max().item() for k in eager_params)
         worst_overall = max(worst_overall, worst)
         moved = max((eager_params[k] - v).abs().max().item() for k, v in

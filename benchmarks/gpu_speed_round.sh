@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The GPU measurements that the second speed round owes (docs/performance.md, "Speed round 2"), in order, each one
-# writing its output into DIR as soon as it finishes. A device call lasts at most 10 minutes, so start it in the
+# The GPU measurements that the second speed round owes (docs/performance.md, "Speed round 2"), most decisive first,
+# each one writing its output into DIR as soon as it finishes. A device call lasts at most 10 minutes, so start it in the
 # background of one call and collect it in later ones:
 #
 #   setsid nohup bash benchmarks/gpu_speed_round.sh /tmp/speed > /tmp/speed.log 2>&1 < /dev/null &
@@ -31,8 +31,15 @@ step() {  # step NAME COMMAND...: run it, its output in DIR/NAME.txt, and say ho
   echo "== $name: exit $rc after $(( $(date +%s) - t0 )) s"
 }
 
-step machine bash -c "$PY -c 'import torch; print(torch.__version__, torch.version.cuda)'; nvidia-smi || true"
+step machine bash -c "$PY -c 'import torch, triton; print(torch.__version__, torch.version.cuda, triton.__version__)'; \
+  nvidia-smi || true"
 S=$SECONDS_PER_CONFIG
+# 0. MISA's fused HMC chain first, the figure most likely to change what a GPU session can train: does it compile
+#    here, does it compute what the torch reference computes, and how fast is MISA's step with it
+step fused_compile $PY benchmarks/compile_fused_hmc.py
+step fused_check $PY benchmarks/check_cuda_graphs.py --algos misa --fused-hmc --steps 200
+step fused_speed $PY benchmarks/throughput.py --algos misa --modes cuda-graphs compile+cuda-graphs \
+  --fused-hmc False True --num-seeds 1 16 --seconds "$S" --out "$DIR/gpu_fused_hmc.json"
 # 1. every mode of every script, with the operation count of the eager step
 step modes $PY benchmarks/throughput.py --modes eager cuda-graphs compile+cuda-graphs --seconds "$S" --count-ops \
   --out "$DIR/gpu_modes.json"

@@ -7,6 +7,7 @@
     python benchmarks/throughput.py --num-seeds 1 4 16          # many agents in one step (--num-seeds)
     python benchmarks/throughput.py --modes cuda-graphs --steps-per-replay 1 8 32   # several steps per graph replay
     python benchmarks/throughput.py --count-ops                 # tensor operations per step (eager launches)
+    python benchmarks/throughput.py --algos misa --modes cuda-graphs --fused-hmc False True   # MISA's Triton chain
 
 Observations of size 17, actions of size 6, batch 256 (the scripts' default), random data. Each mode builds the
 training step exactly as the script does (`make_train_step`: minibatch sampling from a device-resident dataset, then
@@ -71,6 +72,9 @@ class Args:
     """use CUDA when it is available"""
     tf32: bool = False
     """allow TF32 matmuls on CUDA (a measurement of what lower matmul precision would buy; the scripts use full FP32)"""
+    fused_hmc: list[bool] = field(default_factory=lambda: [False])
+    """MISA only: time its step without and/or with --fused-hmc (the Triton chain kernel; CUDA); each value is timed,
+    e.g. --fused-hmc False True"""
     threads: Optional[int] = None
     """torch CPU threads (default: torch's choice)"""
     count_ops: bool = False
@@ -223,16 +227,22 @@ def main(args: Args) -> None:
             if "cuda-graphs" in mode and device.type != "cuda":
                 print(f"{algo:7s} {mode}: skipped (CUDA graphs need a GPU)", file=sys.stderr)
                 continue
-            for seeds, k in [(s, k) for s in args.num_seeds for k in args.steps_per_replay]:
+            fused_values = args.fused_hmc if algo == "misa" else [False]
+            for seeds, k, fused in [(s, k, f) for s in args.num_seeds for k in args.steps_per_replay
+                                    for f in fused_values]:
+                if fused and device.type != "cuda":
+                    print(f"{algo:7s} {mode}+fused-hmc: skipped (the Triton kernel runs on a GPU)", file=sys.stderr)
+                    continue
+                extra = dict(fused_hmc=fused, tf32=args.tf32) if algo == "misa" else {}
                 script_args = module.Args(compile="compile" in mode, cuda_graphs="on" if "cuda-graphs" in mode else "off",
-                                          num_seeds=seeds, steps_per_replay=k)
+                                          num_seeds=seeds, steps_per_replay=k, **extra)
                 _, run_steps = make_step(module, cls_name, algo, script_args, dataset, device)
                 rate, count = time_steps(run_steps, k, args.warmup, args.seconds, device)
-                results.append({"algo": algo, "mode": mode, "num_seeds": seeds, "steps_per_replay": k,
-                                "steps_per_s": rate, "agent_updates_per_s": seeds * rate, "ms_per_step": 1000 / rate,
-                                "steps_timed": count})
-                print(f"{algo:7s} {mode:20s} S={seeds:<3d} K={k:<3d} {rate:9.2f} steps/s, {seeds * rate:9.2f} "
-                      f"agent-updates/s ({count} steps)", file=sys.stderr)
+                results.append({"algo": algo, "mode": mode + "+fused-hmc" * fused, "num_seeds": seeds,
+                                "steps_per_replay": k, "steps_per_s": rate, "agent_updates_per_s": seeds * rate,
+                                "ms_per_step": 1000 / rate, "steps_timed": count})
+                print(f"{algo:7s} {results[-1]['mode']:30s} S={seeds:<3d} K={k:<3d} {rate:9.2f} steps/s, "
+                      f"{seeds * rate:9.2f} agent-updates/s ({count} steps)", file=sys.stderr)
                 if args.count_ops and mode == "eager" and k == 1:
                     results[-1].update(count_ops(run_steps, k))
                     print(f"{algo:7s} S={seeds}: {results[-1]['ops_per_step']:g} tensor operations per eager step, "
