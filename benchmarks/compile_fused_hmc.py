@@ -20,8 +20,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Optional
 
 import tyro
 
@@ -36,12 +37,12 @@ class Args:
     """the critics' width (the script's --hidden-dim)"""
     act_dim: int = 6
     """action size (padded to at least 16 in the kernel)"""
-    block_chains: int = 16
-    """chains per program (fused_hmc_chain's block_chains)"""
-    block_units: int = 32
-    """units of the second hidden layer per inner step (fused_hmc_chain's block_units)"""
-    num_warps: int = 4
-    """warps per program"""
+    block_chains: Optional[int] = None
+    """chains per program (default: fused_hmc_chain's block_chains, as the script launches it)"""
+    block_units: Optional[int] = None
+    """units of the second hidden layer per inner step (default: fused_hmc_chain's block_units)"""
+    num_warps: Optional[int] = None
+    """warps per program (default: fused_hmc_chain's num_warps)"""
     tf32: bool = False
     """TF32 tensor-core matrix products (the script's --tf32) instead of full-precision FP32"""
 
@@ -56,6 +57,9 @@ def main(args: Args) -> dict:
     misa = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = misa
     spec.loader.exec_module(misa)
+    launch = inspect.signature(misa.fused_hmc_chain).parameters  # the script's launch configuration by default
+    args = replace(args, **{k: launch[k].default for k in ("block_chains", "block_units", "num_warps")
+                            if getattr(args, k) is None})
     kernel = misa._misa_hmc_chain_kernel
     params = inspect.signature(kernel.fn).parameters
     constexprs = dict(H=args.hidden_dim, AP=max(16, triton.next_power_of_2(args.act_dim)), BM=args.block_chains,
