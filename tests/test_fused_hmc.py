@@ -50,10 +50,12 @@ def chain_target(misa, num_agents: int, batch: int, obs_dim: int, act_dim: int, 
     return target, actions, q
 
 
-def test_fused_chain_matches_the_reference_chain(misa):
+@pytest.mark.parametrize("leapfrog_steps, burnin", [(2, 5), (1, 0), (3, 7)])
+def test_fused_chain_matches_the_reference_chain(misa, leapfrog_steps, burnin):
     # 2 agents; 20 chains (a full block of 16 and a partial one); 3 action dims (padded to 16 in the kernel); the
-    # second hidden layer walked in two blocks of 16 units; burn-in 5 (4 adapting transitions in torch, the 11 after
-    # them in the kernel, of which 10 are kept)
+    # second hidden layer walked in two blocks of 16 units. Burn-in 5: 4 adapting transitions in torch, then the 11
+    # others in the kernel, the last 10 kept; burn-in 0: the whole chain in the kernel; burn-in 7: 5 in torch, then
+    # the kernel discards 2
     torch.manual_seed(0)
     target, init, q = chain_target(misa, num_agents=2, batch=20, obs_dim=5, act_dim=3, hidden=32)
     assert 0 < (q[1] < q[0]).double().mean() < 1  # both critics are the min for some chains
@@ -61,8 +63,8 @@ def test_fused_chain_matches_the_reference_chain(misa):
     results = {}
     for name, chain in (("reference", None), ("fused", kernel)):
         torch.manual_seed(1)  # the same noise for both
-        results[name] = misa.hmc_sample(misa.misa_log_density_and_grad, init, 10, 5, 2, 0.3, target,
-                                        fixed_step_chain=chain)
+        results[name] = misa.hmc_sample(misa.misa_log_density_and_grad, init, 10, burnin, leapfrog_steps, 0.3,
+                                        target, fixed_step_chain=chain)
     (ref_samples, ref_accept, ref_eps), (samples, accept, eps) = results["reference"], results["fused"]
     assert samples.shape == ref_samples.shape == (2, 10, 20, 3)
     assert torch.equal(eps, ref_eps)
