@@ -25,6 +25,8 @@ SCRIPTS=${SCRIPTS:-"baselines/td3_bc_continuous.py baselines/iql_continuous.py b
 WORKERS=${WORKERS:-2}             # processes at a time (on one GPU they share it; CUDA MPS helps them overlap)
 SEEDS_PER_PROCESS=${SEEDS_PER_PROCESS:-$SEEDS}  # the seeds of a (script, dataset) pair train in one process (--num-seeds)
 OUT=${OUT:-results-grid}
+EXTRA_ARGS=${EXTRA_ARGS:-}        # more flags for every run, after the mode: e.g. "--steps-per-replay 8", or
+                                  # "--fused-hmc" with SCRIPTS=misa_continuous.py once a GPU session has checked it
 PY=${PY:-python3}
 mkdir -p "$OUT/logs"
 
@@ -63,7 +65,7 @@ for script in $SCRIPTS; do
   # shellcheck disable=SC2086
   $PY benchmark.py --scripts "$script" --env-ids $ENVS --num-seeds "$SEEDS" --seeds-per-process "$SEEDS_PER_PROCESS" \
     --workers "$WORKERS" --resume \
-    --output-dir "$OUT" --extra-args="$common $mode" || rc=$?
+    --output-dir "$OUT" --extra-args="$common $mode $EXTRA_ARGS" || rc=$?
   echo "$script: $(( $(date +%s) - t0 )) s for $SEEDS seeds x $(wc -w <<< "$ENVS") datasets at $STEPS steps"
   if [ "$rc" = 130 ]; then  # Ctrl-C or SIGTERM: benchmark.py stopped its runs; start no other script's grid
     interrupted=1
