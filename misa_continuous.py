@@ -785,10 +785,10 @@ def fused_hmc_chain(target: tuple, position: torch.Tensor, log_p: torch.Tensor, 
     num_samples = num_transitions - burnin
     samples = position.new_empty(num_agents, num_samples, batch, act_dim)
     accepted = position.new_empty(num_agents, batch)
-    tensors = [position, log_p, grad, eps, momenta, log_uniforms, samples, accepted, state_part, w1, w2, b2, w3, b3,
-               mean, inv_std, log_norm]
-    _misa_hmc_chain_kernel[(num_agents, triton.cdiv(batch, block_chains))](
-        *[x.contiguous() for x in tensors], batch, w1.shape[-2] - act_dim, act_dim, first, burnin, num_transitions,
+    inputs = [x.contiguous() for x in (position, log_p, grad, eps, momenta, log_uniforms)]
+    weights = [x.contiguous() for x in (state_part, w1, w2, b2, w3, b3, mean, inv_std, log_norm)]
+    _misa_hmc_chain_kernel[(num_agents, triton.cdiv(batch, block_chains))](  # outputs fresh, so written in place
+        *inputs, samples, accepted, *weights, batch, w1.shape[-2] - act_dim, act_dim, first, burnin, num_transitions,
         leapfrog_steps, H=hidden, AP=max(16, triton.next_power_of_2(act_dim)), BM=block_chains,
         BN=min(block_units, hidden), PREC="tf32" if tf32 else "ieee", num_warps=num_warps)
     return samples, accepted.sum(-1) / (batch * num_samples)
@@ -1257,7 +1257,7 @@ def main(args: Args) -> None:
     if args.cuda_graphs == "on" and device.type != "cuda":
         fail("--cuda-graphs on needs a CUDA device (none is available, or --no-cuda was given); "
              "use --cuda-graphs auto or off")
-    triton_interpreter = os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+    triton_interpreter = triton is not None and triton.knobs.runtime.interpret  # Triton's reading of TRITON_INTERPRET
     if args.fused_hmc and device.type != "cuda" and not triton_interpreter:
         fail("--fused-hmc needs a CUDA device (or TRITON_INTERPRET=1, Triton's slow CPU interpreter, for tests)")
 

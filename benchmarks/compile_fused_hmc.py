@@ -14,7 +14,6 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import json
-import os
 import re
 import subprocess
 import sys
@@ -48,10 +47,11 @@ class Args:
 
 
 def main(args: Args) -> dict:
-    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
-        sys.exit("error: unset TRITON_INTERPRET: under Triton's interpreter nothing is compiled")
     import triton
     from triton.backends.compiler import GPUTarget
+
+    if triton.knobs.runtime.interpret:  # Triton's own reading of TRITON_INTERPRET
+        sys.exit("error: unset TRITON_INTERPRET: under Triton's interpreter nothing is compiled")
 
     spec = importlib.util.spec_from_file_location("misa_continuous", ROOT / "misa_continuous.py")
     misa = importlib.util.module_from_spec(spec)
