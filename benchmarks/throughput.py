@@ -18,7 +18,9 @@ of one step. With --steps-per-replay K each call of the step runs K steps (one C
 as the scripts' --steps-per-replay does. --count-ops also counts the tensor operations one eager step runs (aten
 operations below autograd, views left out): on a GPU each is one kernel launch in eager mode and one kernel in a
 CUDA graph, so the count measures, on any device, the launch-bound part of a step. Prints a markdown table with the
-device and torch version; --out also writes it as JSON.
+device and torch version; --out also writes it as JSON, rewritten after every configuration so that a run cut short
+keeps what it measured. A configuration that fails is recorded with its error (the exit status is then 1) and the
+next one still runs.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import json
 import platform
 import sys
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
@@ -211,13 +214,45 @@ def count_ops(run_steps, steps_per_call: int) -> dict:
             "most_frequent_ops": counts.most_common(8)}
 
 
-def main(args: Args) -> None:
+def print_tables(results: list[dict], header: dict) -> None:
+    """The results as markdown tables on stdout."""
+    print(f"\ndevice: {header['device']}; torch {header['torch']}; obs {header['obs_dim']}, act {header['act_dim']}, "
+          f"each script's default configuration\n", flush=True)
+    print("| script | mode | seeds S | steps per replay K | steps/s | agent-updates/s | ms per step | 1M steps (S agents) take |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in results:
+        if "error" in r:
+            print(f"| {r['algo']} | {r['mode']} | {r['num_seeds']} | {r['steps_per_replay']} | failed: {r['error']} "
+                  f"| | | |")
+            continue
+        hours = 1e6 / r["steps_per_s"] / 3600
+        print(f"| {r['algo']} | {r['mode']} | {r['num_seeds']} | {r['steps_per_replay']} | {r['steps_per_s']:.2f} "
+              f"| {r['agent_updates_per_s']:.2f} | {r['ms_per_step']:.2f} | {hours:.1f} h |")
+    if any("ops_per_step" in r for r in results):
+        print("\n| script | seeds S | tensor operations per eager step (an optimiser step counts 1) | host reads |\n"
+              "|---|---|---|---|")
+        for r in results:
+            if "ops_per_step" in r:
+                print(f"| {r['algo']} | {r['num_seeds']} | {r['ops_per_step']:g} | {r['host_reads_per_step']:g} |")
+    sys.stdout.flush()
+
+
+def main(args: Args) -> int:
+    """Times every configuration; one that fails (a kernel that does not compile on this GPU, memory) is recorded
+    with its error and the next one runs. Returns the exit status: 1 if any configuration failed."""
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
     torch.backends.cuda.matmul.allow_tf32 = args.tf32
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    header = {"device": device_name, "torch": torch.__version__, "tf32": args.tf32, "batch_size": "script default",
+              "obs_dim": args.obs_dim, "act_dim": args.act_dim}
     results = []
+
+    def save() -> None:
+        if args.out:
+            Path(args.out).write_text(json.dumps({**header, "results": results}, indent=2) + "\n")
+
     for algo in args.algos:
         path, cls_name = SCRIPTS[algo]
         module = load(path)
@@ -233,43 +268,39 @@ def main(args: Args) -> None:
                 if fused and device.type != "cuda":
                     print(f"{algo:7s} {mode}+fused-hmc: skipped (the Triton kernel runs on a GPU)", file=sys.stderr)
                     continue
-                extra = dict(fused_hmc=fused, tf32=args.tf32) if algo == "misa" else {}
-                script_args = module.Args(compile="compile" in mode, cuda_graphs="on" if "cuda-graphs" in mode else "off",
-                                          num_seeds=seeds, steps_per_replay=k, **extra)
-                _, run_steps = make_step(module, cls_name, algo, script_args, dataset, device)
-                rate, count = time_steps(run_steps, k, args.warmup, args.seconds, device)
-                results.append({"algo": algo, "mode": mode + "+fused-hmc" * fused, "num_seeds": seeds,
-                                "steps_per_replay": k, "steps_per_s": rate, "agent_updates_per_s": seeds * rate,
-                                "ms_per_step": 1000 / rate, "steps_timed": count})
-                print(f"{algo:7s} {results[-1]['mode']:30s} S={seeds:<3d} K={k:<3d} {rate:9.2f} steps/s, "
-                      f"{seeds * rate:9.2f} agent-updates/s ({count} steps)", file=sys.stderr)
-                if args.count_ops and mode == "eager" and k == 1:
-                    results[-1].update(count_ops(run_steps, k))
-                    print(f"{algo:7s} S={seeds}: {results[-1]['ops_per_step']:g} tensor operations per eager step, "
-                          f"{results[-1]['host_reads_per_step']:g} host reads; most frequent: "
-                          f"{', '.join(f'{n} {c:g}' for n, c in results[-1]['most_frequent_ops'])}", file=sys.stderr)
-                if args.profile > 0:
-                    print(f"\n## profile: {algo}, {mode}, S={seeds}, K={k}, {args.profile} steps\n", flush=True)
-                    print(profile_steps(run_steps, k, args.profile, device), flush=True)
-    header = {"device": device_name, "torch": torch.__version__, "tf32": args.tf32, "batch_size": "script default",
-              "obs_dim": args.obs_dim, "act_dim": args.act_dim}
-    print(f"\ndevice: {device_name}; torch {torch.__version__}; obs {args.obs_dim}, act {args.act_dim}, "
-          f"each script's default configuration\n")
-    print("| script | mode | seeds S | steps per replay K | steps/s | agent-updates/s | ms per step | 1M steps (S agents) take |")
-    print("|---|---|---|---|---|---|---|---|")
-    for r in results:
-        hours = 1e6 / r["steps_per_s"] / 3600
-        print(f"| {r['algo']} | {r['mode']} | {r['num_seeds']} | {r['steps_per_replay']} | {r['steps_per_s']:.2f} "
-              f"| {r['agent_updates_per_s']:.2f} | {r['ms_per_step']:.2f} | {hours:.1f} h |")
-    if any("ops_per_step" in r for r in results):
-        print("\n| script | seeds S | tensor operations per eager step (an optimiser step counts 1) | host reads |\n"
-              "|---|---|---|---|")
-        for r in results:
-            if "ops_per_step" in r:
-                print(f"| {r['algo']} | {r['num_seeds']} | {r['ops_per_step']:g} | {r['host_reads_per_step']:g} |")
-    if args.out:
-        Path(args.out).write_text(json.dumps({**header, "results": results}, indent=2) + "\n")
+                result = {"algo": algo, "mode": mode + "+fused-hmc" * fused, "num_seeds": seeds, "steps_per_replay": k}
+                try:
+                    extra = dict(fused_hmc=fused, tf32=args.tf32) if algo == "misa" else {}
+                    script_args = module.Args(compile="compile" in mode,
+                                              cuda_graphs="on" if "cuda-graphs" in mode else "off",
+                                              num_seeds=seeds, steps_per_replay=k, **extra)
+                    _, run_steps = make_step(module, cls_name, algo, script_args, dataset, device)
+                    rate, count = time_steps(run_steps, k, args.warmup, args.seconds, device)
+                    result.update(steps_per_s=rate, agent_updates_per_s=seeds * rate, ms_per_step=1000 / rate,
+                                  steps_timed=count)
+                    print(f"{algo:7s} {result['mode']:30s} S={seeds:<3d} K={k:<3d} {rate:9.2f} steps/s, "
+                          f"{seeds * rate:9.2f} agent-updates/s ({count} steps)", file=sys.stderr)
+                    if args.count_ops and mode == "eager" and k == 1:
+                        result.update(count_ops(run_steps, k))
+                        print(f"{algo:7s} S={seeds}: {result['ops_per_step']:g} tensor operations per eager step, "
+                              f"{result['host_reads_per_step']:g} host reads; most frequent: "
+                              f"{', '.join(f'{n} {c:g}' for n, c in result['most_frequent_ops'])}", file=sys.stderr)
+                    if args.profile > 0:
+                        print(f"\n## profile: {algo}, {mode}, S={seeds}, K={k}, {args.profile} steps\n", flush=True)
+                        print(profile_steps(run_steps, k, args.profile, device), flush=True)
+                except Exception as e:  # noqa: BLE001 - recorded, and the other configurations still run
+                    result["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
+                    traceback.print_exc()
+                    print(f"{algo:7s} {result['mode']:30s} S={seeds:<3d} K={k:<3d} failed: {result['error']}",
+                          file=sys.stderr)
+                    if device.type == "cuda":
+                        torch.cuda.empty_cache()
+                results.append(result)
+                save()  # after every configuration: a run cut short (a GPU session's time running out) keeps them
+    save()
+    print_tables(results, header)
+    return 1 if any("error" in r for r in results) else 0
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    sys.exit(main(tyro.cli(Args)))

@@ -140,3 +140,25 @@ def test_throughput_compiles_each_configuration_afresh():
         run_steps(0)  # compiles
     reasons = [str(r) for failures in torch._dynamo.utils.guard_failures.values() for r in failures]
     assert not any("size mismatch" in r for r in reasons), reasons
+
+
+def test_throughput_records_a_failing_configuration_and_times_the_rest(tmp_path, monkeypatch):
+    """A configuration that fails (on a GPU: a kernel that does not compile there, memory) is recorded with its error
+    and the next one is still timed; the JSON holds both, and the exit status says that one failed."""
+    make_step = throughput.make_step
+
+    def failing_for_td3_bc(module, cls_name, algo, *args):
+        if algo == "td3_bc":
+            raise RuntimeError("out of resources: shared memory\n(second line of the message)")
+        return make_step(module, cls_name, algo, *args)
+
+    monkeypatch.setattr(throughput, "make_step", failing_for_td3_bc)
+    monkeypatch.setattr(throughput, "load", lambda path: MODULES[path.stem])  # the modules this file already loaded
+    out = tmp_path / "throughput.json"
+    status = throughput.main(throughput.Args(algos=["td3_bc", "iql"], seconds=0.05, warmup=4, dataset_size=512,
+                                             cuda=False, out=str(out)))
+    failed, timed = throughput.json.loads(out.read_text())["results"]
+    assert status == 1
+    assert failed["algo"] == "td3_bc" and failed["error"] == "RuntimeError: out of resources: shared memory"
+    assert "steps_per_s" not in failed
+    assert timed["algo"] == "iql" and "error" not in timed and timed["steps_per_s"] > 0 and timed["steps_timed"] >= 5
