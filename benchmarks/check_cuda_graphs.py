@@ -9,12 +9,16 @@ For each script, two agents start from the same initialisation and the same rand
 of steps on the same synthetic device-resident dataset: one eager (`--cuda-graphs off`), one through the script's
 `make_train_step` with `--cuda-graphs on` (its first steps run eagerly, then the step is captured and replayed).
 The minibatch indices and the policy noise come from the same CUDA generator in both, so the two runs should agree to
-float rounding. Prints the largest parameter difference per script and exits non-zero if one exceeds --atol.
+float rounding. Prints the largest parameter difference per script and exits non-zero if one exceeds --atol. With --fused-hmc it
+first compares one HMC sampling call through the Triton kernel with the torch chain, from the same state and noise,
+in float64 and float32 (`compare_fused_chain`): over 200 training steps a rare accept/reject flipped by float32
+rounding lets the two runs part ways, so the parameter difference alone cannot tell a wrong kernel from rounding.
 CUDA only (tests/test_compile.py is the CPU counterpart for --compile).
 """
 
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,8 +46,9 @@ class Args:
     """steps per call of the graph-captured step (the scripts' --steps-per-replay; --steps must be a multiple); the
     eager run takes one step per call"""
     fused_hmc: bool = False
-    """MISA: the graph-captured run also uses --fused-hmc (the Triton chain kernel), so that it is checked against
-    the eager torch reference"""
+    """MISA: first one HMC sampling call through the Triton chain kernel against the torch chain (float64 and
+    float32), then the graph-captured run also uses --fused-hmc, so that it is checked against the eager torch
+    reference"""
     atol: float = 1e-3
     """largest allowed absolute parameter difference after --steps steps"""
 
@@ -65,6 +70,62 @@ def run(module, cls_name: str, algo: str, graphs: bool, compile: bool, steps: in
     return params, {k: v.mean().item() for k, v in metrics.items()}
 
 
+def compare_fused_chain(misa, device: torch.device, dtype: torch.dtype, num_agents: int = 2, batch: int = 256,
+                        obs_dim: int = 17, act_dim: int = 6, hidden: int = 256, step_size: float = 0.15,
+                        chain_args=None) -> dict:
+    """One HMC sampling call at the script's chain length (--num-mc-samples, --mcmc-burnin, --mcmc-leapfrog-steps)
+    with initial step size `step_size` (on this random target the script's 1.0 rejects every proposal, which would
+    compare nothing; 0.15 accepts about 56% at the script's sizes, measured on the CPU), through the torch transitions and through the Triton kernel (--fused-hmc), from the same state and noise:
+    twin critics with sharpened random weights (so that both are the min somewhere and the chains both accept and
+    reject), random states, actions and policy. In float64 the two chains should agree to rounding; in float32 a
+    rounding difference can flip an accept/reject now and then, and that chain parts ways from there on. The sizes
+    and `chain_args` (the script's Args by default) are smaller in the CPU test."""
+    chain_args = chain_args or misa.Args()
+    with torch.no_grad():
+        torch.manual_seed(0)
+        critic = misa.TwinCritic(obs_dim, act_dim, hidden, 2, num_agents).to(device, dtype)
+        for w in critic.net.weights:
+            w.mul_(3.0)
+        obs = torch.randn(num_agents, batch, obs_dim, device=device, dtype=dtype)
+        init = torch.rand(num_agents, batch, act_dim, device=device, dtype=dtype) * 1.8 - 0.9
+        mean = 0.5 * torch.randn(num_agents, batch, act_dim, device=device, dtype=dtype)
+        log_std = 0.3 * torch.randn(num_agents, batch, act_dim, device=device, dtype=dtype) - 1.0
+        log_norm = -log_std.sum(-1) - 0.5 * act_dim * math.log(2 * math.pi)
+        target = (critic, critic.state_part(obs), mean, torch.exp(-log_std), log_norm)
+        chains = {}
+        for name, chain in (("torch", None), ("fused", misa.fused_hmc_chain)):
+            torch.manual_seed(1)  # the same noise for both
+            chains[name] = misa.hmc_sample(misa.misa_log_density_and_grad, init, chain_args.num_mc_samples,
+                                           chain_args.mcmc_burnin, chain_args.mcmc_leapfrog_steps,
+                                           step_size, target, fixed_step_chain=chain)
+    (torch_samples, torch_accept, _), (fused_samples, fused_accept, _) = chains["torch"], chains["fused"]
+    diff = (fused_samples - torch_samples).abs().amax(-1)  # per kept sample of each chain
+    return {"dtype": str(dtype).replace("torch.", ""), "chains": num_agents * batch,
+            "kept_samples": tuple(torch_samples.shape[1:3]), "max_abs_diff": diff.max().item(),
+            "share_within_1e-4": (diff <= 1e-4).double().mean().item(),
+            "accept_torch": torch_accept.double().mean().item(), "accept_fused": fused_accept.double().mean().item()}
+
+
+def check_fused_chain(misa, device: torch.device, **sizes) -> bool:
+    """compare_fused_chain in float64 (agreement to 1e-8) and float32 (99% of the samples within 1e-4, acceptance
+    rates within 0.01), each with chains that both accept and reject (acceptance between 0.05 and 0.95); prints
+    both, and a failure to compile or run as a failure."""
+    ok = True
+    mixed = lambda r: 0.05 < r["accept_torch"] < 0.95  # noqa: E731
+    for dtype, passes in ((torch.float64, lambda r: mixed(r) and r["max_abs_diff"] <= 1e-8),
+                          (torch.float32, lambda r: mixed(r) and r["share_within_1e-4"] >= 0.99
+                           and abs(r["accept_torch"] - r["accept_fused"]) <= 0.01)):
+        try:
+            result = compare_fused_chain(misa, device, dtype, **sizes)
+        except Exception as e:  # noqa: BLE001 - reported, and the other checks still run
+            print(f"fused chain, {dtype}: failed to run: {type(e).__name__}: {e}", flush=True)
+            ok = False
+            continue
+        ok = ok and passes(result)
+        print(f"fused chain, {result['dtype']}: {'ok' if passes(result) else 'MISMATCH'} {result}", flush=True)
+    return ok
+
+
 def main(args: Args) -> None:
     if not torch.cuda.is_available():
         sys.exit("error: CUDA graphs need a GPU; torch.cuda.is_available() is False here")
@@ -78,6 +139,7 @@ def main(args: Args) -> None:
     torch.manual_seed(0)
     data = synthetic_dataset(10_000, 17, 6, device)
     worst_overall = 0.0
+    chain_ok = check_fused_chain(load(SCRIPTS["misa"][0]), device) if args.fused_hmc else True
     for algo in args.algos:
         path, cls_name = SCRIPTS[algo]
         module = load(path)
@@ -91,6 +153,8 @@ def main(args: Args) -> None:
         print(f"{algo:7s} max |eager - graph| over parameters: {worst:.2e} (the {args.steps} steps moved them by up "
               f"to {moved:.2e}); critic_loss eager {eager_metrics['losses/critic_loss']:.6f} "
               f"graph {graph_metrics['losses/critic_loss']:.6f}", flush=True)
+    if not chain_ok:
+        sys.exit("error: the fused chain does not match the torch chain (see above)")
     if worst_overall > args.atol:
         sys.exit(f"error: graph-captured and eager steps differ by {worst_overall:.2e} > --atol {args.atol}")
     print("ok: graph-captured steps match eager")

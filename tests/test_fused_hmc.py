@@ -119,3 +119,19 @@ def test_fused_kernel_compiles_for_hopper(tmp_path):
     assert report["triton"] == triton.__version__ and report["registers"] > 0 and report["cubin_bytes"] > 0
     # spilling registers to memory inside the chain's innermost loop would cost far more than the kernel saves
     assert report["spill_store_bytes"] == 0, report
+
+
+def test_the_gpu_check_of_the_fused_chain_runs_and_passes_here(misa, capsys):
+    """benchmarks/check_cuda_graphs.py --fused-hmc first compares one sampling call through the kernel with the torch
+    chain (float64: to rounding; float32: 99% of the samples within 1e-4). Its code runs here in the interpreter, at
+    small sizes, so that a GPU session does not find its bugs."""
+    check = load_script(ROOT / "benchmarks" / "check_cuda_graphs.py")
+    sizes = dict(num_agents=2, batch=20, obs_dim=5, act_dim=3, hidden=32,
+                 chain_args=misa.Args(num_mc_samples=8, mcmc_burnin=5))
+    result = check.compare_fused_chain(misa, torch.device("cpu"), torch.float64, **sizes)
+    assert result["kept_samples"] == (8, 20) and result["chains"] == 40
+    assert result["max_abs_diff"] <= 1e-10 and result["share_within_1e-4"] == 1.0
+    assert result["accept_torch"] == pytest.approx(result["accept_fused"]) and 0.05 < result["accept_torch"] < 0.95
+    assert check.check_fused_chain(misa, torch.device("cpu"), **sizes)
+    printed = capsys.readouterr().out
+    assert "fused chain, float64: ok" in printed and "fused chain, float32: ok" in printed
