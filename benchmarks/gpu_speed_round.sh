@@ -18,6 +18,7 @@ SECONDS_PER_CONFIG=${SECONDS_PER_CONFIG:-5}  # throughput.py --seconds for every
 ABLATION_STEPS=${ABLATION_STEPS:-5000}      # gradient steps of each run of the TF32 learning ablation
 ABLATION_FLAGS=${ABLATION_FLAGS---compile}  # the mode both ablation runs use (empty: eager)
 PY=${PY:-python3}
+source benchmarks/use_wheels.sh  # a GPU machine without network: the packages its Python lacks (fetch_device_wheels.sh)
 mkdir -p "$DIR"
 DIR=$(cd "$DIR" && pwd)
 

@@ -28,6 +28,7 @@ OUT=${OUT:-results-grid}
 EXTRA_ARGS=${EXTRA_ARGS:-}        # more flags for every run, after the mode: e.g. "--steps-per-replay 8", or
                                   # "--fused-hmc" with SCRIPTS=misa_continuous.py once a GPU session has checked it
 PY=${PY:-python3}
+source benchmarks/use_wheels.sh  # a GPU machine without network: the packages its Python lacks (fetch_device_wheels.sh)
 mkdir -p "$OUT/logs"
 
 # 1. Datasets: the parts first, all at once (one process and one thread each), then the medium-expert unions.
@@ -39,15 +40,28 @@ for env in $ENVS; do
     *) parts+=("$env") ;;
   esac
 done
+declare -A builds=()  # pid -> dataset name
 for name in $(printf '%s\n' "${parts[@]}" | sort -u); do
   OMP_NUM_THREADS=1 $PY tools/make_dataset.py "$name" --workers 1 ${DATASET_STEPS:+--num-steps $DATASET_STEPS} \
     > "$OUT/logs/build-$name.log" 2>&1 &
+  builds[$!]=$name
 done
-wait
-for name in ${unions[@]+"${unions[@]}"}; do
-  OMP_NUM_THREADS=1 $PY tools/make_dataset.py "$name" ${DATASET_STEPS:+--num-steps $DATASET_STEPS} \
-    > "$OUT/logs/build-$name.log" 2>&1
+failed_builds=()
+for pid in "${!builds[@]}"; do
+  wait "$pid" || failed_builds+=("${builds[$pid]}")
 done
+if [ ${#failed_builds[@]} = 0 ]; then  # the unions read both parts
+  for name in ${unions[@]+"${unions[@]}"}; do
+    OMP_NUM_THREADS=1 $PY tools/make_dataset.py "$name" ${DATASET_STEPS:+--num-steps $DATASET_STEPS} \
+      > "$OUT/logs/build-$name.log" 2>&1 || failed_builds+=("$name")
+  done
+fi
+if [ ${#failed_builds[@]} != 0 ]; then  # nothing trains without its data: stop before any run starts
+  for name in "${failed_builds[@]}"; do
+    echo "error: building $name failed: $(tail -n 1 "$OUT/logs/build-$name.log") (log: $OUT/logs/build-$name.log)" >&2
+  done
+  exit 1
+fi
 echo "datasets ready in $(( $(date +%s) - start )) s"
 
 # 2. The grid, one benchmark.py call per script with its fastest mode on a GPU (docs/performance.md).
@@ -72,7 +86,7 @@ for script in $SCRIPTS; do
     echo "interrupted: packing what has finished; the same command continues the grid"
     break
   fi
-  [ "$rc" = 0 ] || echo "some runs of $script failed: see $OUT/runs/logs"
+  [ "$rc" = 0 ] || { echo "some runs of $script failed: see $OUT/runs/logs"; runs_failed=1; }
 done
 
 # 3. What to commit (no checkpoints, no TensorBoard files) and the report.
@@ -95,3 +109,4 @@ for env in ${REPRESENTATION_ENVS:-$ENVS}; do
     break
   fi
 done
+[ -z "${runs_failed:-}" ] || exit 1  # what did finish is packed and reported above

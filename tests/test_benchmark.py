@@ -354,3 +354,19 @@ def test_seeds_per_process_end_to_end_and_resume(datasets_root, tmp_path):
     for name in names:
         with open(tmp_path / "runs" / name / "evaluations.csv") as f:
             assert [int(row["step"]) for row in csv.DictReader(f)] == [5, 10, 15, 20]
+
+
+def test_results_grid_stops_before_any_run_when_a_dataset_fails_to_build(tmp_path):
+    """benchmarks/results_grid.sh builds every dataset first; one that fails is named with its log's last line and the
+    grid stops with status 1 before a single run starts (each run would otherwise try to build it again)."""
+    out = tmp_path / "grid"
+    env = {**os.environ, "ENVS": "walker2d-nonsense", "STEPS": "20", "SEEDS": "1", "OUT": str(out),
+           "PY": sys.executable, "MINARI_DATASETS_PATH": str(tmp_path / "minari")}
+    done = subprocess.run(["bash", str(ROOT / "benchmarks" / "results_grid.sh")], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert ("error: building walker2d-nonsense failed: error: unknown dataset name 'walker2d-nonsense'"
+            in done.stderr), done.stderr
+    assert f"(log: {out}/logs/build-walker2d-nonsense.log)" in done.stderr
+    assert "using the" not in done.stdout  # this Python has the packages: the device wheels are not installed
+    assert not (out / "runs").exists()
