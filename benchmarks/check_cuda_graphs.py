@@ -9,10 +9,11 @@ For each script, two agents start from the same initialisation and the same rand
 of steps on the same synthetic device-resident dataset: one eager (`--cuda-graphs off`), one through the script's
 `make_train_step` with `--cuda-graphs on` (its first steps run eagerly, then the step is captured and replayed).
 The minibatch indices and the policy noise come from the same CUDA generator in both, so the two runs should agree to
-float rounding. Prints the largest parameter difference per script and exits non-zero if one exceeds --atol. With --fused-hmc it
-first compares one HMC sampling call through the Triton kernel with the torch chain, from the same state and noise,
-in float64 and float32 (`compare_fused_chain`): over 200 training steps a rare accept/reject flipped by float32
-rounding lets the two runs part ways, so the parameter difference alone cannot tell a wrong kernel from rounding.
+float rounding. Prints the largest parameter difference per script and exits non-zero if one exceeds --atol.
+With --fused-hmc it first compares one HMC sampling call through the Triton kernel with the torch chain, from the
+same state and noise, in float64 and float32 (`compare_fused_chain`): over 200 training steps a rare accept/reject
+flipped by float32 rounding lets the two runs part ways, so the parameter difference alone cannot tell a wrong
+kernel from rounding.
 CUDA only (tests/test_compile.py is the CPU counterpart for --compile).
 """
 
@@ -75,9 +76,10 @@ def compare_fused_chain(misa, device: torch.device, dtype: torch.dtype, num_agen
                         chain_args=None) -> dict:
     """One HMC sampling call at the script's chain length (--num-mc-samples, --mcmc-burnin, --mcmc-leapfrog-steps)
     with initial step size `step_size` (on this random target the script's 1.0 rejects every proposal, which would
-    compare nothing; 0.15 accepts about 56% at the script's sizes, measured on the CPU), through the torch transitions and through the Triton kernel (--fused-hmc), from the same state and noise:
-    twin critics with sharpened random weights (so that both are the min somewhere and the chains both accept and
-    reject), random states, actions and policy. In float64 the two chains should agree to rounding; in float32 a
+    compare nothing; 0.15 accepts about 56% at the script's sizes, measured on the CPU), through the torch
+    transitions and through the Triton kernel (--fused-hmc), from the same state and noise: twin critics with
+    sharpened random weights (so that both are the min somewhere and the chains both accept and reject), random
+    states, actions and policy. In float64 the two chains should agree to rounding; in float32 a
     rounding difference can flip an accept/reject now and then, and that chain parts ways from there on. The sizes
     and `chain_args` (the script's Args by default) are smaller in the CPU test."""
     chain_args = chain_args or misa.Args()
