@@ -71,20 +71,13 @@ def run(module, cls_name: str, algo: str, graphs: bool, compile: bool, steps: in
     return params, {k: v.mean().item() for k, v in metrics.items()}
 
 
-def compare_fused_chain(misa, device: torch.device, dtype: torch.dtype, num_agents: int = 2, batch: int = 256,
-                        obs_dim: int = 17, act_dim: int = 6, hidden: int = 256, step_size: float = 0.15,
-                        chain_args=None) -> dict:
-    """One HMC sampling call at the script's chain length (--num-mc-samples, --mcmc-burnin, --mcmc-leapfrog-steps)
-    with initial step size `step_size` (on this random target the script's 1.0 rejects every proposal, which would
-    compare nothing; 0.15 accepts about 56% at the script's sizes, measured on the CPU), through the torch
-    transitions and through the Triton kernel (--fused-hmc), from the same state and noise: twin critics with
-    sharpened random weights (so that both are the min somewhere and the chains both accept and reject), random
-    states, actions and policy. In float64 the two chains should agree to rounding; in float32 a
-    rounding difference can flip an accept/reject now and then, and that chain parts ways from there on. The sizes
-    and `chain_args` (the script's Args by default) are smaller in the CPU test."""
-    chain_args = chain_args or misa.Args()
+def random_chain_target(misa, num_agents: int, batch: int, obs_dim: int, act_dim: int, hidden: int,
+                        device: torch.device, dtype: torch.dtype) -> tuple[tuple, torch.Tensor, torch.Tensor]:
+    """MISA's chain target (twin critic, its state part, the actor's mean, 1/std and log-normaliser) at random states,
+    with the chains' start actions and the states: (target, init, obs). The critic's weights are sharpened so that Q
+    varies enough for both critics to be the min somewhere and for the chains to accept and reject. Draws from
+    torch's global generator (critic, states, actions, mean, log std, in that order); the caller seeds it."""
     with torch.no_grad():
-        torch.manual_seed(0)
         critic = misa.TwinCritic(obs_dim, act_dim, hidden, 2, num_agents).to(device, dtype)
         for w in critic.net.weights:
             w.mul_(3.0)
@@ -93,7 +86,23 @@ def compare_fused_chain(misa, device: torch.device, dtype: torch.dtype, num_agen
         mean = 0.5 * torch.randn(num_agents, batch, act_dim, device=device, dtype=dtype)
         log_std = 0.3 * torch.randn(num_agents, batch, act_dim, device=device, dtype=dtype) - 1.0
         log_norm = -log_std.sum(-1) - 0.5 * act_dim * math.log(2 * math.pi)
-        target = (critic, critic.state_part(obs), mean, torch.exp(-log_std), log_norm)
+        return (critic, critic.state_part(obs), mean, torch.exp(-log_std), log_norm), init, obs
+
+
+def compare_fused_chain(misa, device: torch.device, dtype: torch.dtype, num_agents: int = 2, batch: int = 256,
+                        obs_dim: int = 17, act_dim: int = 6, hidden: int = 256, step_size: float = 0.15,
+                        chain_args=None) -> dict:
+    """One HMC sampling call at the script's chain length (--num-mc-samples, --mcmc-burnin, --mcmc-leapfrog-steps)
+    with initial step size `step_size` (on this random target the script's 1.0 rejects every proposal, which would
+    compare nothing; 0.15 accepts about 56% at the script's sizes, measured on the CPU), through the torch
+    transitions and through the Triton kernel (--fused-hmc), from the same state and noise (random_chain_target).
+    In float64 the two chains should agree to rounding; in float32 a
+    rounding difference can flip an accept/reject now and then, and that chain parts ways from there on. The sizes
+    and `chain_args` (the script's Args by default) are smaller in the CPU test."""
+    chain_args = chain_args or misa.Args()
+    torch.manual_seed(0)
+    target, init, _ = random_chain_target(misa, num_agents, batch, obs_dim, act_dim, hidden, device, dtype)
+    with torch.no_grad():
         chains = {}
         for name, chain in (("torch", None), ("fused", misa.fused_hmc_chain)):
             torch.manual_seed(1)  # the same noise for both

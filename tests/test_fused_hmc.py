@@ -5,7 +5,6 @@ Triton's interpreter (TRITON_INTERPRET=1, numpy underneath), at small sizes; ben
 from __future__ import annotations
 
 import json
-import math
 import os
 import platform
 import sys
@@ -25,6 +24,9 @@ else:
 pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered in log:RuntimeWarning")
 
 
+CHECK = load_script(ROOT / "benchmarks" / "check_cuda_graphs.py")  # its random chain target and chain comparison
+
+
 @pytest.fixture(scope="module")
 def misa():
     assert os.environ["TRITON_INTERPRET"] == "1"  # set by conftest.py: the kernels run in Triton's interpreter
@@ -32,21 +34,13 @@ def misa():
 
 
 def chain_target(misa, num_agents: int, batch: int, obs_dim: int, act_dim: int, hidden: int):
-    """A twin critic with sharpened weights (Q varies enough for both critics to be the min somewhere and for the
-    chains to accept and reject) and an actor's mean and std, in float64 so that the two paths can be compared
-    tightly: in float32 a rounding difference can flip one accept/reject and the chains part ways."""
-    critic = misa.TwinCritic(obs_dim, act_dim, hidden, 2, num_agents).double()
+    """The GPU check's random target (benchmarks/check_cuda_graphs.py), in float64 so that the two paths can be
+    compared tightly: in float32 a rounding difference can flip one accept/reject and the chains part ways. Also
+    both critics' Q at the start actions."""
+    target, actions, obs = CHECK.random_chain_target(misa, num_agents, batch, obs_dim, act_dim, hidden,
+                                                     torch.device("cpu"), torch.float64)
     with torch.no_grad():
-        for w in critic.net.weights:
-            w.mul_(3.0)
-    obs = torch.randn(num_agents, batch, obs_dim, dtype=torch.float64)
-    actions = torch.rand(num_agents, batch, act_dim, dtype=torch.float64) * 1.8 - 0.9
-    mean = 0.5 * torch.randn(num_agents, batch, act_dim, dtype=torch.float64)
-    log_std = 0.3 * torch.randn(num_agents, batch, act_dim, dtype=torch.float64) - 1.0
-    log_norm = -log_std.sum(-1) - 0.5 * act_dim * math.log(2 * math.pi)
-    with torch.no_grad():
-        q = critic(obs, actions)
-        target = (critic, critic.state_part(obs), mean, torch.exp(-log_std), log_norm)
+        q = target[0](obs, actions)
     return target, actions, q
 
 
@@ -125,13 +119,12 @@ def test_the_gpu_check_of_the_fused_chain_runs_and_passes_here(misa, capsys):
     """benchmarks/check_cuda_graphs.py --fused-hmc first compares one sampling call through the kernel with the torch
     chain (float64: to rounding; float32: 99% of the samples within 1e-4). Its code runs here in the interpreter, at
     small sizes, so that a GPU session does not find its bugs."""
-    check = load_script(ROOT / "benchmarks" / "check_cuda_graphs.py")
     sizes = dict(num_agents=2, batch=20, obs_dim=5, act_dim=3, hidden=32,
                  chain_args=misa.Args(num_mc_samples=8, mcmc_burnin=5))
-    result = check.compare_fused_chain(misa, torch.device("cpu"), torch.float64, **sizes)
+    result = CHECK.compare_fused_chain(misa, torch.device("cpu"), torch.float64, **sizes)
     assert result["kept_samples"] == (8, 20) and result["chains"] == 40
     assert result["max_abs_diff"] <= 1e-10 and result["share_within_1e-4"] == 1.0
     assert result["accept_torch"] == pytest.approx(result["accept_fused"]) and 0.05 < result["accept_torch"] < 0.95
-    assert check.check_fused_chain(misa, torch.device("cpu"), **sizes)
+    assert CHECK.check_fused_chain(misa, torch.device("cpu"), **sizes)
     printed = capsys.readouterr().out
     assert "fused chain, float64: ok" in printed and "fused chain, float32: ok" in printed
