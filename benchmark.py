@@ -51,9 +51,9 @@ class Args:
     start_seed: int = 1
     """the first seed; seeds are start-seed .. start-seed + num-seeds - 1"""
     seeds_per_process: int = 1
-    """train up to this many consecutive seeds of one (script, dataset) pair together in one process, with the
-    scripts' --num-seeds (one batched step for all of them: what a GPU wants); the run names stay the same. Keep the
-    same value when resuming a grid: a resumed process continues the seeds it was started with"""
+    ("train up to this many consecutive seeds of one (script, dataset) pair together in one process, with the scripts' "
+     "--num-seeds (one batched step for all of them: what a GPU wants); the run names stay the same. Keep the same "
+     "value when resuming a grid: a resumed process continues the seeds it was started with")
     workers: int = 1
     """processes at a time on this machine (ignored with --ray-address)"""
     extra_args: str = ""
@@ -61,22 +61,22 @@ class Args:
     ray_address: Optional[str] = None
     """address of an existing Ray cluster ("auto" for the local one); needs `pip install -r requirements-ray.txt`"""
     resume: bool = False
-    """skip runs whose evaluations.csv already reaches their --total-timesteps, continue those that saved a
-    checkpoint.pt (passing --resume), and restart from scratch those that stopped without one (passing --overwrite)"""
+    ("skip runs whose evaluations.csv already reaches their --total-timesteps, continue those that saved a "
+     "checkpoint.pt (passing --resume), and restart from scratch those that stopped without one (passing --overwrite)")
     overwrite: bool = False
-    """rerun runs whose directory already exists from scratch, deleting their results (passes --overwrite); without
-    this or --resume such a grid is refused, so that no earlier result is lost"""
+    ("rerun runs whose directory already exists from scratch, deleting their results (passes --overwrite); without "
+     "this or --resume such a grid is refused, so that no earlier result is lost")
     threads_per_run: Optional[int] = None
-    """torch (OpenMP) threads of each local process, set as OMP_NUM_THREADS; default: the machine's cores divided by
-    --workers, at least 1, so that concurrent runs do not oversubscribe the cores (ignored with --ray-address,
-    where Ray sets it from each task's one CPU)"""
+    ("torch (OpenMP) threads of each local process, set as OMP_NUM_THREADS; default: the machine's cores divided by "
+     "--workers, at least 1, so that concurrent runs do not oversubscribe the cores (ignored with --ray-address, where "
+     "Ray sets it from each task's one CPU)")
     output_dir: str = "."
     """runs/ and runs/logs/ are created here (on a Ray cluster, a path every node can reach)"""
     dry_run: bool = False
     """print the commands and exit"""
     provenance_every_s: float = 60.0
-    """how often (seconds) a running process's rows in provenance.csv are brought up to date with its wall time so
-    far and an empty exit code, so that a process killed together with benchmark.py still leaves its row"""
+    ("how often (seconds) a running process's rows in provenance.csv are brought up to date with its wall time so far "
+     "and an empty exit code, so that a process killed together with benchmark.py still leaves its row")
 
 
 @dataclass

@@ -43,6 +43,8 @@ import tyro
 ALGO = "IQL"
 
 
+# Each field's docstring is its --help text. The long ones are adjacent strings in parentheses, which Python joins into
+# one: tyro keeps every line break of an indented multi-line docstring, which would break --help mid-sentence.
 @dataclass
 class Args:
     exp_name: str = Path(__file__).stem
@@ -50,9 +52,9 @@ class Args:
     seed: int = 1
     """seed of python, numpy, torch and the evaluation envs"""
     num_seeds: int = 1
-    """train this many independent agents, seeds --seed .. --seed + num-seeds - 1, in one process and one batched
-    training step (the dataset is shared on the device); each seed writes the run directory, evaluations.csv,
-    TensorBoard scalars and checkpoint that a one-seed run of that seed would write"""
+    ("train this many independent agents, seeds --seed .. --seed + num-seeds - 1, in one process and one batched "
+     "training step (the dataset is shared on the device); each seed writes the run directory, evaluations.csv, "
+     "TensorBoard scalars and checkpoint that a one-seed run of that seed would write")
     torch_deterministic: bool = True
     """sets torch.backends.cudnn.deterministic"""
     cuda: bool = True
@@ -66,12 +68,12 @@ class Args:
     save_model: bool = False
     """write runs/<run_name>/checkpoint.pt at every evaluation (and the final one)"""
     resume: Optional[str] = None
-    """path of a checkpoint.pt to continue; hyperparameters come from the checkpoint, and only --total-timesteps,
-    --save-model, --track and --cuda are taken from the command line"""
+    ("path of a checkpoint.pt to continue; hyperparameters come from the checkpoint, and only --total-timesteps, "
+     "--save-model, --track and --cuda are taken from the command line")
     run_name: Optional[str] = None
-    """name of the run directory under runs/ (default <env-id>__<exp-name>__<seed>__<unix time>); "{seed}" in it is
-    replaced by each agent's seed, and is required with --num-seeds > 1; a directory that already holds a run is
-    refused unless --overwrite is given"""
+    ('name of the run directory under runs/ (default <env-id>__<exp-name>__<seed>__<unix time>); "{seed}" in it is '
+     "replaced by each agent's seed, and is required with --num-seeds > 1; a directory that already holds a run is "
+     "refused unless --overwrite is given")
     overwrite: bool = False
     """delete an existing run directory of the same name and start afresh (without it, such a run is refused)"""
     compile: bool = False
@@ -79,16 +81,16 @@ class Args:
     compile_mode: Literal["default", "max-autotune-no-cudagraphs"] = "default"
     """torch.compile mode (CUDA graphs come from --cuda-graphs, which captures more than torch.compile would)"""
     cuda_graphs: Literal["auto", "on", "off"] = "auto"
-    """capture the whole training step (minibatch sampling, losses, gradients, optimiser and target updates) in a
-    CUDA graph and replay it, which removes the per-kernel launch cost; auto: on with --compile on CUDA. CUDA only"""
+    ("capture the whole training step (minibatch sampling, losses, gradients, optimiser and target updates) in a CUDA "
+     "graph and replay it, which removes the per-kernel launch cost; auto: on with --compile on CUDA. CUDA only")
     tf32: bool = False
-    """allow TF32 matrix products on CUDA (faster on Ampere and newer GPUs, with 10 mantissa bits; JAX's default there);
-    off until a GPU ablation shows that learning is unchanged (docs/performance.md). No effect on the CPU"""
+    ("allow TF32 matrix products on CUDA (faster on Ampere and newer GPUs, with 10 mantissa bits; JAX's default "
+     "there); off until a GPU ablation shows that learning is unchanged (docs/performance.md). No effect on the CPU")
     steps_per_replay: int = 1
-    """gradient steps per call of the training step; with CUDA graphs one graph holds that many consecutive steps and
-    one replay runs them all, so launch and Python costs are paid once per that many steps (as lax.scan does in JAX).
-    The steps are the same; a call never runs past a log, evaluation or the last step (shorter stretches run one
-    step per call)"""
+    ("gradient steps per call of the training step; with CUDA graphs one graph holds that many consecutive steps and "
+     "one replay runs them all, so launch and Python costs are paid once per that many steps (as lax.scan does in "
+     "JAX). The steps are the same; a call never runs past a log, evaluation or the last step (shorter stretches run "
+     "one step per call)")
 
     env_id: str = "walker2d-medium"
     """a Minari dataset id (e.g. mujoco/walker2d/medium-v0) or a short D4RL-style name (e.g. hopper-medium-replay)"""
@@ -109,8 +111,8 @@ class Args:
     num_layers: int = 2
     """number of hidden layers of the actor and the critics"""
     dataset_presets: bool = True
-    """apply the per-domain settings (DOMAIN_PRESETS: AntMaze) and the per-dataset exceptions (DATASET_PRESETS) that
-    match --env-id; a flag given on the command line wins over both"""
+    ("apply the per-domain settings (DOMAIN_PRESETS: AntMaze) and the per-dataset exceptions (DATASET_PRESETS) that "
+     "match --env-id; a flag given on the command line wins over both")
 
     gamma: float = 0.99
     """discount factor"""

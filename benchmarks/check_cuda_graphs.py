@@ -39,17 +39,16 @@ class Args:
     steps: int = 20
     """training steps per run (the graph run captures after its first few)"""
     compile: bool = False
-    """also torch.compile the graph-captured step (with inductor's fallback_random, so that it draws the same random
-    numbers as eager code)"""
+    ("also torch.compile the graph-captured step (with inductor's fallback_random, so that it draws the same random "
+     "numbers as eager code)")
     num_seeds: int = 1
     """agents trained together in each step (the scripts' --num-seeds)"""
     steps_per_replay: int = 1
-    """steps per call of the graph-captured step (the scripts' --steps-per-replay; --steps must be a multiple); the
-    eager run takes one step per call"""
+    ("steps per call of the graph-captured step (the scripts' --steps-per-replay; --steps must be a multiple); the "
+     "eager run takes one step per call")
     fused_hmc: bool = False
-    """MISA: first one HMC sampling call through the Triton chain kernel against the torch chain (float64 and
-    float32), then the graph-captured run also uses --fused-hmc, so that it is checked against the eager torch
-    reference"""
+    ("MISA: first one HMC sampling call through the Triton chain kernel against the torch chain (float64 and float32), "
+     "then the graph-captured run also uses --fused-hmc, so that it is checked against the eager torch reference")
     atol: float = 1e-3
     """largest allowed absolute parameter difference after --steps steps"""
 

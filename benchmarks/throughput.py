@@ -53,8 +53,8 @@ class Args:
     algos: list[Literal["misa", "cql", "td3_bc", "iql"]] = field(default_factory=lambda: list(SCRIPTS))
     """which scripts to time"""
     modes: list[Literal["eager", "compile", "cuda-graphs", "compile+cuda-graphs"]] = field(default_factory=lambda: ["eager"])
-    """how to run the step: as written, torch.compile'd (--compile), captured in a CUDA graph (--cuda-graphs on), or
-    both; the graph modes need CUDA and are skipped on the CPU"""
+    ("how to run the step: as written, torch.compile'd (--compile), captured in a CUDA graph (--cuda-graphs on), or "
+     "both; the graph modes need CUDA and are skipped on the CPU")
     num_seeds: list[int] = field(default_factory=lambda: [1])
     """agents trained together in one step (the scripts' --num-seeds); each value is timed"""
     steps_per_replay: list[int] = field(default_factory=lambda: [1])
@@ -76,8 +76,8 @@ class Args:
     tf32: bool = False
     """allow TF32 matmuls on CUDA (a measurement of what lower matmul precision would buy; the scripts use full FP32)"""
     fused_hmc: list[bool] = field(default_factory=lambda: [False])
-    """MISA only: time its step without and/or with --fused-hmc (the Triton chain kernel; CUDA); each value is timed,
-    e.g. --fused-hmc False True"""
+    ("MISA only: time its step without and/or with --fused-hmc (the Triton chain kernel; CUDA); each value is timed, "
+     "e.g. --fused-hmc False True")
     threads: Optional[int] = None
     """torch CPU threads (default: torch's choice)"""
     count_ops: bool = False

@@ -185,9 +185,14 @@ def test_the_last_evaluation_is_the_long_one_and_is_marked_final(datasets_root, 
     assert "over 3 episodes" in r.stdout
 
 
-def test_help_lists_the_shared_flags(tmp_path):
+def test_help_lists_the_shared_flags_each_with_one_paragraph(tmp_path, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "2000")  # so wide that tyro wraps no line: each flag's help is one row
     for script in [*SCRIPTS, "misa_continuous.py"]:
         out = run_script(script, "--help", cwd=tmp_path, timeout=60).stdout
         for flag in ("--env-id", "--seed", "--total-timesteps", "--eval-freq", "--eval-episodes", "--final-eval-episodes",
                      "--batch-size", "--tf32", "--overwrite", "--save-model", "--resume"):
             assert flag in out, (script, flag)
+        rows = [line.strip("│ ") for line in out.splitlines() if line.startswith("│")]
+        assert len(rows) > 30, out
+        for above, row in zip(rows, rows[1:]):  # a help row follows its flag's row, or a long flag name's own row
+            assert row.startswith("-") or above.startswith("-"), (script, above, row)

@@ -1,6 +1,7 @@
-"""The docs' line pointers name real code, the README's two commands are the ones CI runs, and the committed
-results table is what report.py makes of the committed runs."""
+"""The docs' line pointers name real code, the README's two commands are the ones CI runs, every flag has one
+paragraph of help, and the committed results table is what report.py makes of the committed runs."""
 
+import ast
 import os
 import re
 import shlex
@@ -14,6 +15,30 @@ def test_doc_line_pointers_are_current():
     r = subprocess.run([sys.executable, str(ROOT / "tools" / "update_doc_lines.py"), "--check"], capture_output=True,
                        text=True)
     assert r.returncode == 0, r.stdout
+
+
+ENTRY_POINTS = ["misa_continuous.py", "baselines/cql_continuous.py", "baselines/td3_bc_continuous.py",
+                "baselines/iql_continuous.py", "benchmark.py", *[f"{d}/{p.name}" for d in ("tools", "benchmarks")
+                                                                for p in sorted((ROOT / d).glob("*.py"))]]
+
+
+def test_every_flag_has_a_one_paragraph_docstring():
+    """Every field of every command line's Args has a docstring (tyro's --help text for it), and each is one string
+    without line breaks: tyro 1.0 keeps every line break of an indented multi-line docstring in --help, so a long
+    docstring is written as adjacent string literals in parentheses, which Python joins into one."""
+    checked = 0
+    for path in ENTRY_POINTS:
+        tree = ast.parse((ROOT / path).read_text())
+        for cls in (n for n in ast.walk(tree) if isinstance(n, ast.ClassDef) and n.name == "Args"):
+            body = cls.body
+            for i, stmt in enumerate(body):
+                if isinstance(stmt, ast.AnnAssign):
+                    doc = body[i + 1] if i + 1 < len(body) else None
+                    name = f"{path}: Args.{stmt.target.id}"
+                    assert isinstance(doc, ast.Expr) and isinstance(doc.value, ast.Constant), f"{name} has no docstring"
+                    assert "\n" not in doc.value.value, f"{name}: its docstring spans lines; see this test's docstring"
+                    checked += 1
+    assert checked > 250  # every entry point was read
 
 
 def test_ci_runs_the_readme_test_command_in_a_fresh_virtual_environment():

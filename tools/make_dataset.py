@@ -50,8 +50,8 @@ class Args:
     name: tyro.conf.Positional[Optional[str]] = None
     """the dataset to build, ENV-KIND (e.g. walker2d-medium); see --list"""
     num_steps: Optional[int] = None
-    """environment steps to collect (default 1M, D4RL's size; medium-replay: the whole shipped buffer;
-    medium-expert: this many for each part)"""
+    ("environment steps to collect (default 1M, D4RL's size; medium-replay: the whole shipped buffer; medium-expert: "
+     "this many for each part)")
     dataset_id: Optional[str] = None
     """Minari id to write (default misa-pytorch/ENV/KIND-v0)"""
     seed: int = 0
@@ -59,9 +59,9 @@ class Args:
     num_envs: int = 16
     """envs stepped in lockstep so the policy runs on one batch per step"""
     workers: Optional[int] = None
-    """processes that step the envs, each a group of them (gymnasium's AsyncVectorEnv); 1 steps them all in this
-    process; default: the CPU cores this process may use where there are 4 or more, else 1 (on 2 cores the messages
-    cost more than the second core gains: docs/datasets.md). The data are the same for any number"""
+    ("processes that step the envs, each a group of them (gymnasium's AsyncVectorEnv); 1 steps them all in this "
+     "process; default: the CPU cores this process may use where there are 4 or more, else 1 (on 2 cores the messages "
+     "cost more than the second core gains: docs/datasets.md). The data are the same for any number")
     policies_dir: str = str(DEFAULT_OUT_DIR)
     """where the behaviour policies and medium-replay buffers are read from"""
     overwrite: bool = False

@@ -95,15 +95,15 @@ class Args:
     resume: bool = False
     """continue from <run-dir>/checkpoint.pt"""
     ship_step: Optional[int] = None
-    """train nothing: ship the actor snapshot evaluated at this step of the finished run in --run-dir (and, for the
-    medium role, the replay buffer up to that step), e.g. when the run's stopping evaluation overshot the level"""
+    ("train nothing: ship the actor snapshot evaluated at this step of the finished run in --run-dir (and, for the "
+     "medium role, the replay buffer up to that step), e.g. when the run's stopping evaluation overshot the level")
     threads: int = 1
     """torch CPU threads (1 is fastest for these small networks and lets two runs share 2 cores)"""
     cuda: bool = True
     """use CUDA when it is available"""
     cuda_graphs: bool = True
-    """on CUDA: keep a copy of the replay buffer on the GPU, draw minibatches there and replay each SAC update from
-    a CUDA graph (fused, capturable Adam), which removes the per-update launch overhead; ignored on CPU"""
+    ("on CUDA: keep a copy of the replay buffer on the GPU, draw minibatches there and replay each SAC update from a "
+     "CUDA graph (fused, capturable Adam), which removes the per-update launch overhead; ignored on CPU")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
