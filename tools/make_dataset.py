@@ -10,7 +10,8 @@ NAME is ENV-KIND with ENV in halfcheetah, hopper, walker2d and KIND one of
 - medium-replay: every transition of that SAC run up to the medium point (shipped, compressed);
 - expert:        1M steps of the shipped expert SAC policy (docs/datasets.md says how far each was trained);
 - medium-expert: the medium and expert datasets concatenated (built first if missing).
-Actions are sampled from the stochastic policy, as D4RL did. A fall (Hopper, Walker2d) is a termination, the
+Actions are sampled from the stochastic policy, as D4RL did, in arithmetic that every CPU rounds alike, so a name
+and seed give the same data on every machine (for one MuJoCo version). A fall (Hopper, Walker2d) is a termination, the
 1000-step limit a truncation, and the episodes still running when the step budget is reached are cut as truncations.
 Each dataset carries D4RL's reference returns, so normalised scores read on the papers' scale.
 These are D4RL-protocol datasets on v5 envs, not D4RL itself: docs/datasets.md lists the differences.
@@ -20,7 +21,9 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
+import re
 import shutil
 import signal
 import sys
@@ -39,7 +42,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_behavior import DEFAULT_OUT_DIR, ENVS, Actor, load_actor  # noqa: E402
 
-TOOL_VERSION = "1.0"
+TOOL_VERSION = "2.0"  # 2.0: the machine-independent sampler; 1.0 builds differ from machine to machine
 NAMESPACE = "misa-pytorch"  # project-owned; never Farama's mujoco/ or D4RL/
 KINDS = ("random", "medium", "medium-replay", "expert", "medium-expert")
 NAMES = tuple(f"{env}-{kind}" for env in ENVS for kind in KINDS)
@@ -113,25 +116,35 @@ def policy_scores(name: str, manifest: dict) -> str:
     return " & ".join("?" if score is None else f"{score:.1f}" for score in scores) or "-"
 
 
+def builder_version(metadata: dict) -> str:
+    """The make_dataset.py version named in a built dataset's description ("?" if another tool wrote it)."""
+    match = re.search(r"Built by tools/make_dataset\.py (\S+) \(misa-pytorch\)", metadata.get("description", ""))
+    return match.group(1) if match else "?"
+
+
 def list_datasets(policies_dir: Path) -> None:
     root = datasets_root()
     manifest_path = policies_dir / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
     print(f"datasets root: {root}  (set MINARI_DATASETS_PATH to change it)")
-    print(f"{'name':26s} {'minari id':43s} {'buildable':38s} {'policy eval':>11s} {'built':>14s} {'size':>10s}")
+    print(f"{'name':26s} {'minari id':43s} {'buildable':38s} {'policy eval':>11s} {'built':>14s} {'size':>10s} "
+          f"{'builder':>7s}")
     for name in NAMES:
         src = source_file(name, policies_dir)
         buildable = "yes" if src is None or src.exists() else f"no ({src.name} missing)"
         path = root / default_id(name)
         if (path / "data" / "metadata.json").exists():
-            steps = json.loads((path / "data" / "metadata.json").read_text()).get("total_steps", "?")
-            built, size = f"{steps} steps", f"{dir_size(path) / 2**20:.1f} MiB"
+            metadata = json.loads((path / "data" / "metadata.json").read_text())
+            built, size = f"{metadata.get('total_steps', '?')} steps", f"{dir_size(path) / 2**20:.1f} MiB"
+            version = builder_version(metadata)
         else:
-            built, size = "-", "-"
+            built, size, version = "-", "-", "-"
         print(f"{name:26s} {default_id(name):43s} {buildable:38s} {policy_scores(name, manifest):>11s} {built:>14s} "
-              f"{size:>10s}")
+              f"{size:>10s} {version:>7s}")
     print("policy eval: normalised score (D4RL scale) of the deterministic behaviour policy in its 10-episode evaluation"
           " (tools/behavior_policies/manifest.json); the data, sampled from it, scores lower")
+    print(f"builder: the make_dataset.py version that built it; builds older than 2.0 differ from machine to machine, "
+          f"so rebuild them with --overwrite to get the data every machine gets")
 
 
 class EnvGroup(gym.Env):
@@ -171,6 +184,66 @@ def group_count(num_envs: int, workers: int) -> int:
     return max(g for g in range(1, min(num_envs, workers) + 1) if num_envs % g == 0)
 
 
+def random_actor(obs_dim: int, act_dim: int, hidden: int, seed: int) -> Actor:
+    """An actor initialised as torch initialises nn.Linear (weights and biases uniform in +-1/sqrt(fan_in)), but
+    drawn by numpy's PCG64: torch's own initialisers draw different numbers on different CPUs."""
+    actor, rng = Actor(obs_dim, act_dim, hidden), np.random.Generator(np.random.PCG64(seed))
+    with torch.no_grad():
+        for layer in (m for m in actor.modules() if isinstance(m, torch.nn.Linear)):
+            bound = 1.0 / math.sqrt(layer.in_features)
+            for param in (layer.weight, layer.bias):
+                param.copy_(torch.from_numpy(rng.uniform(-bound, bound, tuple(param.shape))))
+    return actor
+
+
+class MachineIndependentSampler:
+    """The actor's `sample` (tanh of a Gaussian around the MLP's mean, log-std clamped to [-5, 2]) in float64 numpy,
+    built only from operations that IEEE 754 rounds the same way on every CPU: each matrix product is elementwise
+    multiplies summed by a fixed tree of elementwise adds, exp and tanh come from the C library one value at a time,
+    and the noise from numpy's PCG64 generator. torch's float32 products and vector kernels choose their summation order and
+    approximations by CPU (AVX2 or AVX-512), and falls amplify one last-bit difference into different episodes: the
+    torch sampler built walker2d-medium with 1,323 episodes on an AMD EPYC and 1,365 on an Intel Xeon
+    (docs/datasets.md). The actions are rounded to float32, as stored."""
+
+    def __init__(self, actor: Actor, seed: int):
+        w = {k: v.detach().double().numpy() for k, v in actor.state_dict().items()}
+        self.hidden = [self.layer(w[f"net.{i}.weight"], w[f"net.{i}.bias"]) for i in (0, 2)]
+        self.head = self.layer(np.concatenate([w["mean.weight"], w["log_std.weight"]]),
+                               np.concatenate([w["mean.bias"], w["log_std.bias"]]))
+        self.act_dim = w["mean.bias"].shape[0]
+        self.rng = np.random.Generator(np.random.PCG64(seed))
+
+    @staticmethod
+    def layer(weight: np.ndarray, bias: np.ndarray) -> tuple:
+        """(W.T zero-padded to a power-of-two number of inputs, b): the padding adds exact zeros to the sums."""
+        inputs = 1 << (weight.shape[1] - 1).bit_length()
+        padded = np.zeros((inputs, weight.shape[0]))
+        padded[:weight.shape[1]] = weight.T
+        return padded, bias
+
+    @staticmethod
+    def linear(x: np.ndarray, layer: tuple) -> np.ndarray:
+        """x @ W.T + b with the products summed as a fixed binary tree of elementwise adds (BLAS would choose its
+        own order, by CPU)."""
+        weight_by_input, bias = layer
+        x = np.pad(x, ((0, 0), (0, weight_by_input.shape[0] - x.shape[1])))
+        terms = x.T[:, :, None] * weight_by_input[:, None, :]  # (inputs, batch, outputs), each product rounded once
+        while len(terms) > 1:
+            half = len(terms) // 2
+            terms = np.add(terms[:half], terms[half:], out=terms[:half])
+        return terms[0] + bias
+
+    def sample(self, obs: np.ndarray) -> np.ndarray:
+        h = np.asarray(obs, dtype=np.float64)
+        for layer in self.hidden:
+            h = np.maximum(self.linear(h, layer), 0.0)
+        out = self.linear(h, self.head)
+        mean, log_std = out[:, :self.act_dim], np.clip(out[:, self.act_dim:], -5.0, 2.0)
+        std = np.array([math.exp(v) for v in log_std.ravel()]).reshape(log_std.shape)
+        u = mean + std * self.rng.standard_normal(mean.shape)
+        return np.array([math.tanh(v) for v in u.ravel()]).reshape(u.shape).astype(np.float32)
+
+
 def collect(env_id: str, policy: Actor, num_steps: int, seed: int, num_envs: int, workers: int, desc: str):
     """Step `num_envs` envs in lockstep with stochastic policy actions until `num_steps` transitions exist.
     The envs are split into equal groups, one per worker process (gymnasium's AsyncVectorEnv), or form one group
@@ -188,7 +261,7 @@ def collect(env_id: str, policy: Actor, num_steps: int, seed: int, num_envs: int
                                       rewards=np.array(ep["rew"]), terminations=np.array(ep["term"]),
                                       truncations=np.array(ep["trunc"])))
 
-    torch.manual_seed(seed)
+    sampler = MachineIndependentSampler(policy, seed)
     groups = group_count(num_envs, workers)
     size = num_envs // groups
     make = [functools.partial(EnvGroup, env_id, g * size, size, os.getpid()) for g in range(groups)]
@@ -212,8 +285,7 @@ def collect(env_id: str, policy: Actor, num_steps: int, seed: int, num_envs: int
         episodes, steps = [], 0
         bar = tqdm(total=num_steps, desc=desc, unit="step", mininterval=2.0, smoothing=0.1)
         while steps < num_steps:
-            with torch.no_grad():
-                actions = policy.sample(torch.as_tensor(obs, dtype=torch.float32))[0].numpy()
+            actions = sampler.sample(obs)
             next_obs, rewards, terms, truncs = step(actions)
             finished, reset_seeds = np.zeros(num_envs, dtype=bool), [None] * num_envs
             for i in range(num_envs):
@@ -290,10 +362,9 @@ def build(name: str, args: Args, dataset_id: str) -> None:
     num_steps = args.num_steps if args.num_steps is not None else (None if kind == "medium-replay" else 1_000_000)
     start = time.time()
     if kind == "random":
-        torch.manual_seed(args.seed)
         probe = gym.make(env_id)
-        policy = Actor(probe.observation_space.shape[0], probe.action_space.shape[0], 256)
-        how = f"a randomly initialised tanh-Gaussian policy (torch seed {args.seed})"
+        policy = random_actor(probe.observation_space.shape[0], probe.action_space.shape[0], 256, args.seed)
+        how = f"a randomly initialised tanh-Gaussian policy (numpy PCG64 seed {args.seed})"
         print(f"building {dataset_id}: {num_steps} steps of {how} on {env_id}; a 1M-step build takes a few minutes")
         episodes = collect(env_id, policy, num_steps, args.seed, args.num_envs, available_workers(args.workers), name)
     elif kind in ("medium", "expert"):
@@ -322,6 +393,9 @@ def build(name: str, args: Args, dataset_id: str) -> None:
             if not meta_path.exists():
                 print(f"{name} needs {part_id}: building it first")
                 build(f"{env}-{part}", Args(**{**vars(args), "dataset_id": part_id, "overwrite": False}), part_id)
+            elif (version := builder_version(json.loads(meta_path.read_text()))) != TOOL_VERSION:
+                fail(f"{part_id} was built by make_dataset.py {version}, whose data differ from machine to machine; "
+                     f"rebuild it first: python tools/make_dataset.py {env}-{part} --overwrite")
             parts.append(part_id)
         episodes = load_episodes(parts[0]) + load_episodes(parts[1])
         how = f"the concatenation of {parts[0]} and {parts[1]}"
@@ -330,7 +404,8 @@ def build(name: str, args: Args, dataset_id: str) -> None:
     returns = np.array([float(np.sum(ep.rewards)) for ep in episodes])
     description = (f"D4RL-protocol {kind} dataset on {env_id} (not D4RL itself): {how}. {steps} steps, "
                    f"{len(episodes)} episodes, mean episode return {returns.mean():.1f}. Actions sampled from the "
-                   f"stochastic policy; env reset seeds {args.seed}*1e6 + episode index. "
+                   f"stochastic policy (numpy PCG64 noise, seed {args.seed}; float64 arithmetic that every CPU rounds "
+                   f"alike); env reset seeds {args.seed}*1e6 + episode index. "
                    f"Built by tools/make_dataset.py {TOOL_VERSION} (misa-pytorch).")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
