@@ -113,8 +113,30 @@ def test_sampler_is_the_actors_sample(policies):
         mean, log_std = actor.dist(torch.as_tensor(obs, dtype=torch.float32))
         expected = torch.tanh(mean + log_std.exp() * torch.as_tensor(noise, dtype=torch.float32)).numpy()
     assert actions.dtype == np.float32 and actions.shape == (64, 3)
-    np.testing.assert_allclose(actions, expected, atol=1e-5)
+    np.testing.assert_allclose(actions, expected, atol=1e-4)
     assert not np.allclose(actions, np.tanh(mean.numpy()), atol=1e-3)  # stochastic, not the mean action
+
+
+def test_sampler_products_do_not_depend_on_the_summation_order(policies):
+    """Each layer's product is a sum of integers below 2**53, exact in float64: it equals the exact sum (Python
+    integers) and does not change when BLAS sums in another order (here: the inputs permuted), where a plain float64
+    product does change, so the check can fail."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    import make_dataset
+
+    actor, _ = train_behavior.load_actor(policies / "hopper-medium.pt")
+    sampler = make_dataset.MachineIndependentSampler(actor, seed=0)
+    weight_q, weight_shift, bias, bits = layer = sampler.hidden[1]  # 256 inputs
+    x = np.abs(np.random.default_rng(1).normal(size=(4, 256))) * 10.0
+    out = sampler.linear(x, layer)
+    x_q, x_shift = sampler.to_integers(x, bits)
+    exact = np.array([[float(sum(int(a) * int(b) for a, b in zip(row, w))) for w in weight_q] for row in x_q])
+    assert np.array_equal(out, np.ldexp(exact, -(x_shift[:, None] + weight_shift[None, :])) + bias)
+    perm = np.random.default_rng(2).permutation(256)
+    permuted = (weight_q[:, perm], weight_shift, bias, bits)
+    assert np.array_equal(sampler.linear(x[:, perm], permuted), out)
+    weight = np.ldexp(weight_q, -weight_shift[:, None])
+    assert not np.array_equal(x[:, perm] @ weight[:, perm].T, x @ weight.T)  # plain float64: the order shows
 
 
 def test_time_limit_is_a_truncation(datasets_root, tmp_path):

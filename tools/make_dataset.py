@@ -197,13 +197,14 @@ def random_actor(obs_dim: int, act_dim: int, hidden: int, seed: int) -> Actor:
 
 
 class MachineIndependentSampler:
-    """The actor's `sample` (tanh of a Gaussian around the MLP's mean, log-std clamped to [-5, 2]) in float64 numpy,
-    built only from operations that IEEE 754 rounds the same way on every CPU: each matrix product is elementwise
-    multiplies summed by a fixed tree of elementwise adds, exp and tanh come from the C library one value at a time,
-    and the noise from numpy's PCG64 generator. torch's float32 products and vector kernels choose their summation order and
-    approximations by CPU (AVX2 or AVX-512), and falls amplify one last-bit difference into different episodes: the
-    torch sampler built walker2d-medium with 1,323 episodes on an AMD EPYC and 1,365 on an Intel Xeon
-    (docs/datasets.md). The actions are rounded to float32, as stored."""
+    """The actor's `sample` (tanh of a Gaussian around the MLP's mean, log-std clamped to [-5, 2]) in float64 numpy
+    arithmetic that gives the same bits on every CPU. torch's float32 products and vector kernels choose their
+    summation order and approximations by CPU (AVX2 or AVX-512), and falls amplify one last-bit difference into
+    different episodes: the torch sampler built walker2d-medium with 1,323 episodes on an AMD EPYC and 1,365 on an Intel
+    Xeon (docs/datasets.md). Here each layer's inputs and weights are rounded to integers times a power of two (about
+    float32's precision), so every product and partial sum of a matrix product is an integer below 2**53, which float64
+    holds exactly: the order in which BLAS sums them cannot change the result. exp and tanh come from the C library one
+    value at a time, and the noise from numpy's PCG64 generator. The actions are rounded to float32, as stored."""
 
     def __init__(self, actor: Actor, seed: int):
         w = {k: v.detach().double().numpy() for k, v in actor.state_dict().items()}
@@ -214,24 +215,23 @@ class MachineIndependentSampler:
         self.rng = np.random.Generator(np.random.PCG64(seed))
 
     @staticmethod
-    def layer(weight: np.ndarray, bias: np.ndarray) -> tuple:
-        """(W.T zero-padded to a power-of-two number of inputs, b): the padding adds exact zeros to the sums."""
-        inputs = 1 << (weight.shape[1] - 1).bit_length()
-        padded = np.zeros((inputs, weight.shape[0]))
-        padded[:weight.shape[1]] = weight.T
-        return padded, bias
+    def to_integers(rows: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
+        """(q, shift) with rows ~= q * 2**-shift row by row, q integers (held in float64) of at most `bits` bits."""
+        _, exponent = np.frexp(np.abs(rows).max(axis=1))  # every entry of a row is below 2**exponent in size
+        shift = bits - exponent
+        return np.rint(np.ldexp(rows, shift[:, None])), shift
 
-    @staticmethod
-    def linear(x: np.ndarray, layer: tuple) -> np.ndarray:
-        """x @ W.T + b with the products summed as a fixed binary tree of elementwise adds (BLAS would choose its
-        own order, by CPU)."""
-        weight_by_input, bias = layer
-        x = np.pad(x, ((0, 0), (0, weight_by_input.shape[0] - x.shape[1])))
-        terms = x.T[:, :, None] * weight_by_input[:, None, :]  # (inputs, batch, outputs), each product rounded once
-        while len(terms) > 1:
-            half = len(terms) // 2
-            terms = np.add(terms[:half], terms[half:], out=terms[:half])
-        return terms[0] + bias
+    @classmethod
+    def layer(cls, weight: np.ndarray, bias: np.ndarray) -> tuple:
+        # two `bits`-bit integers multiply to 2 * bits bits; summing `inputs` of them adds log2(inputs) bits
+        bits = (52 - math.ceil(math.log2(weight.shape[1]))) // 2
+        return (*cls.to_integers(weight, bits), bias, bits)
+
+    @classmethod
+    def linear(cls, x: np.ndarray, layer: tuple) -> np.ndarray:
+        weight, weight_shift, bias, bits = layer
+        x, x_shift = cls.to_integers(x, bits)
+        return np.ldexp(x @ weight.T, -(x_shift[:, None] + weight_shift[None, :])) + bias
 
     def sample(self, obs: np.ndarray) -> np.ndarray:
         h = np.asarray(obs, dtype=np.float64)
