@@ -15,13 +15,15 @@ SIGTERM stops a local grid: the running scripts save their checkpoints and exit,
 continues the grid. A grid whose runs already have results is refused unless --resume (skip the finished runs, continue
 those with a checkpoint) or --overwrite is given. Local runs share the cores: each gets OMP_NUM_THREADS = cores /
 --workers. Every process writes one row per run to runs/NAME/provenance.csv (command, start, wall time, exit code,
-commit, machine, torch version), so a run directory says how it was made; the row is kept up to date while the process
-runs, so a killed process leaves one too (empty exit code). Then `python benchmarks/report.py` makes the tables.
+commit, machine, torch version, which build of the dataset), so a run directory says how it was made; the row is kept
+up to date while the process runs, so a killed process leaves one too (empty exit code). Then `python
+benchmarks/report.py` makes the tables.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import os
 import platform
 import re
@@ -178,7 +180,7 @@ def execute(command: list[str], log_path: str, cwd: str, env: Optional[dict] = N
 
 
 PROVENANCE_FIELDS = ["run", "command", "threads", "started_utc", "wall_s", "exit_code", "seeds_in_process", "commit",
-                     "machine", "torch"]
+                     "machine", "torch", "dataset"]
 
 
 def this_commit() -> str:
@@ -216,6 +218,24 @@ def this_machine() -> str:
     return f"{model}, {cores}"
 
 
+def dataset_build(env_id: str) -> str:
+    """Which build of the dataset the runs read, from its Minari metadata: for one tools/make_dataset.py wrote, the
+    builder's version, episodes and mean return (builds of one name differ where the builder or MuJoCo did:
+    docs/datasets.md); else the Minari id; "" where it is not on this machine."""
+    short = re.fullmatch(r"(halfcheetah|hopper|walker2d)-(.+)", env_id)
+    dataset_id = f"misa-pytorch/{short.group(1)}/{short.group(2)}-v0" if short else env_id
+    root = Path(os.environ.get("MINARI_DATASETS_PATH", Path.home() / ".minari" / "datasets"))
+    try:
+        description = json.loads((root / dataset_id / "data" / "metadata.json").read_text()).get("description") or ""
+    except (OSError, ValueError):
+        return ""
+    built = re.search(r"(\d+) episodes, mean episode return (-?[\d.]+)\..*Built by tools/make_dataset\.py (\S+) ",
+                      description)
+    if not built:
+        return dataset_id
+    return f"{dataset_id}: make_dataset.py {built.group(3)}, {built.group(1)} episodes, mean return {built.group(2)}"
+
+
 def readable_command(command: list[str]) -> str:
     """The command as a person would type it: `python`, and the script relative to the repository when inside it."""
     script = Path(command[1])
@@ -230,7 +250,7 @@ def provenance_rows(job: Job, output_dir: Path, threads: str, context: dict) -> 
     """(path, row) for each run of a process; execute() adds the start, the wall time and the exit code."""
     return [(str(output_dir / "runs" / run.name / "provenance.csv"),
              {"run": run.name, "command": readable_command(job.command), "threads": threads,
-              "seeds_in_process": len(job.runs), **context}) for run in job.runs]
+              "seeds_in_process": len(job.runs), "dataset": dataset_build(run.env_id), **context}) for run in job.runs]
 
 
 def write_provenance_row(path: Path, row: dict) -> None:

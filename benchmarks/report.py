@@ -138,14 +138,14 @@ def provenance_table(cells, provenance, algos, envs) -> str:
     """How each cell was run: its seeds, the step of the last evaluation, the wall time per run (the sum over the
     processes that trained it, including failed tries; seeds trained in one process share its time), how many
     processes trained each run (more than one: it was continued from a checkpoint or retried; those that did not
-    finish are counted), the machine, torch and
-    commit, then each cell's command (of its first seed)."""
+    finish are counted), the machine, torch and commit, the build of the data (recorded since benchmark.py names it;
+    "-" before), then each cell's command (of its first seed)."""
     lines = ["| algorithm | dataset | seeds | steps | wall time per run | processes per run | seeds per process | machine "
-             "| torch | commit |", "|---" * 10 + "|"]
+             "| torch | commit | build of the data |", "|---" * 11 + "|"]
     commands = []
 
     def values(rows, field):
-        return "; ".join(sorted({r[field] for r in rows})) or "-"
+        return "; ".join(sorted({r.get(field) or "" for r in rows} - {""})) or "-"
 
     for algo in algos:
         for env in envs:
@@ -165,7 +165,7 @@ def provenance_table(cells, provenance, algos, envs) -> str:
             processes = "; ".join(sorted({processes_of(rows[s]) for s in recorded})) or "-"
             lines.append(f"| {algo} | {env} | {', '.join(str(s) for s in rows)} | {steps} | {wall} | {processes} | "
                          f"{values(every, 'seeds_in_process')} | {values(every, 'machine')} | "
-                         f"{values(every, 'torch')} | {commit} |")
+                         f"{values(every, 'torch')} | {commit} | {values(every, 'dataset')} |")
             if recorded:
                 commands.append(f"- {algo}, {env}: `{rows[recorded[0]][0]['command']}`")
     text = "\n".join(lines)

@@ -98,6 +98,26 @@ def test_local_runs_get_their_share_of_the_cores(tmp_path):
     assert "threads=3" in (tmp_path / "runs" / "toy__fake_algo__1" / "invocation.txt").read_text()
 
 
+def test_provenance_names_the_build_of_the_dataset(tmp_path, monkeypatch):
+    """Two builds of one short name can hold different data, so each run records the one it read."""
+    import json
+
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path))
+    assert benchmark.dataset_build("hopper-medium") == ""  # not built here
+    data = tmp_path / "misa-pytorch" / "hopper" / "medium-v0" / "data"
+    data.mkdir(parents=True)
+    (data / "metadata.json").write_text(json.dumps({"description": (
+        "D4RL-protocol medium dataset on Hopper-v5 (not D4RL itself): the SAC policy hopper-medium.pt. 1000000 "
+        "steps, 2217 episodes, mean episode return 1355.1. Actions sampled ... Built by tools/make_dataset.py 2.0 "
+        "(misa-pytorch).")}))
+    assert benchmark.dataset_build("hopper-medium") == ("misa-pytorch/hopper/medium-v0: make_dataset.py 2.0, 2217 "
+                                                        "episodes, mean return 1355.1")
+    other = tmp_path / "D4RL" / "door" / "human-v2" / "data"
+    other.mkdir(parents=True)
+    (other / "metadata.json").write_text(json.dumps({"description": "Farama's"}))
+    assert benchmark.dataset_build("D4RL/door/human-v2") == "D4RL/door/human-v2"
+
+
 def test_every_process_leaves_its_provenance_and_the_report_shows_it(tmp_path, monkeypatch):
     import torch
 
@@ -135,6 +155,7 @@ def test_every_process_leaves_its_provenance_and_the_report_shows_it(tmp_path, m
     wall = (sum(float(row["wall_s"]) for row in both) + 900) / 2
     assert f"| fake_algo | toy | 12, 14 | 30, 60 | {wall / 60:.1f} min | 2 | 1 |" in text, text
     assert "`python tests/fake_algo.py --env-id toy --seed 12" in text
+    assert text.splitlines()[2].endswith(" | - |")  # a toy env: no build of a dataset to name
     # a run without provenance (made by hand) is named; pinned rows and columns show missing cells as -
     write_run(runs, "toy__fake_algo__15", [1.0])
     text = report.provenance_table(report.load_runs(runs), report.load_provenance(runs), ["fake_algo"], ["toy"])
