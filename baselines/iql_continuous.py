@@ -275,10 +275,14 @@ def load_dataset(env_id: str):
         except Exception as e:  # minari raises ValueError for unknown ids, network errors for the rest
             fail(f"could not download {dataset_id}: {type(e).__name__}: {e}")
     try:
-        return minari.load_dataset(dataset_id)
+        dataset = minari.load_dataset(dataset_id)
     except Exception as e:  # a truncated HDF5 file, a missing or garbled metadata.json, ...
         fail(f"dataset {dataset_id} at {get_dataset_path(dataset_id)} is damaged or unreadable "
              f"({type(e).__name__}: {e}); {dataset_remedy(dataset_id, short_name)}")
+    if short_name is not None and "make_dataset.py 1.0 " in (dataset.storage.metadata.get("description") or ""):
+        print(f"note: {dataset_id} was built by make_dataset.py 1.0, whose data depend on the CPU that built them; "
+              f"`python tools/make_dataset.py {short_name} --overwrite` builds the data every machine gets")
+    return dataset
 
 
 # Goal-conditioned datasets (Minari's D4RL/antmaze, D4RL/pointmaze, D4RL/kitchen) store dictionary observations. They

@@ -87,6 +87,28 @@ def test_damaged_short_name_dataset_names_the_rebuild_command(datasets_root, cap
     assert "python tools/make_dataset.py hopper-medium --overwrite" in err and str(target) in err, err
 
 
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_a_builder_1_0_dataset_is_named_with_the_rebuild_command(script, datasets_root, capsys):
+    """make_dataset.py 1.0's data depend on the CPU: a run on such a build says so, and one on a 2.0 build does not."""
+    import json
+
+    target = datasets_root / "misa-pytorch" / "hopper" / "medium-v0"
+    shutil.copytree(datasets_root / "test" / "pendulum" / "random-v0", target)
+    try:
+        said = {}
+        for version in ("1.0", "2.0"):
+            metadata = json.loads((target / "data" / "metadata.json").read_text())
+            metadata["description"] = f"A dataset. Built by tools/make_dataset.py {version} (misa-pytorch)."
+            (target / "data" / "metadata.json").write_text(json.dumps(metadata))
+            MODULES[script].read_transitions("hopper-medium", 0.999)
+            said[version] = capsys.readouterr().out
+    finally:
+        shutil.rmtree(target)
+    assert "make_dataset.py 1.0, whose data depend on the CPU" in said["1.0"], said["1.0"]
+    assert "python tools/make_dataset.py hopper-medium --overwrite" in said["1.0"]
+    assert "make_dataset.py 1.0" not in said["2.0"], said["2.0"]
+
+
 def test_damaged_dataset_end_to_end(damaged_datasets, tmp_path):
     r = run_script("misa_continuous.py", "--env-id", "test/damaged/truncated-hdf5-v0", "--total-timesteps", "1",
                    cwd=tmp_path)
