@@ -159,6 +159,14 @@ def test_medium_expert_is_the_union_of_its_parts(datasets_root, tmp_path, polici
     for a, b in zip(union, parts[0] + parts[1]):
         assert np.array_equal(a.observations, b.observations) and np.array_equal(a.actions, b.actions)
         assert np.array_equal(a.rewards, b.rewards) and np.array_equal(a.terminations, b.terminations)
+    # a part built by make_dataset.py 1.0 (data that depend on the CPU) is not mixed into a 2.0 union
+    metadata_path = datasets_root / "t3" / "hopper" / "expert-v0" / "data" / "metadata.json"
+    metadata = json.loads(metadata_path.read_text())
+    metadata["description"] = metadata["description"].replace("make_dataset.py 2.0 ", "make_dataset.py 1.0 ")
+    metadata_path.write_text(json.dumps(metadata))
+    r = make("hopper-medium-expert", "--num-steps", "1500", "--dataset-id", "t3/hopper/medium-expert-v0",
+             "--overwrite", cwd=tmp_path, policies=policies)
+    assert_clean_error(r, "t3/hopper/expert-v0 was built by make_dataset.py 1.0", "--overwrite")
 
 
 def test_medium_replay_comes_from_the_shipped_buffer(datasets_root, tmp_path, policies):
