@@ -402,10 +402,12 @@ def build(name: str, args: Args, dataset_id: str) -> None:
         print(f"building {dataset_id} from {how}")
     steps = sum(len(ep.rewards) for ep in episodes)
     returns = np.array([float(np.sum(ep.rewards)) for ep in episodes])
+    sampling = {"medium-replay": "Actions and resets as that SAC run took them.",
+                "medium-expert": "Actions and resets as in its two parts."}.get(
+        kind, f"Actions sampled from the stochastic policy (numpy PCG64 noise, seed {args.seed}; float64 arithmetic "
+              f"that every CPU rounds alike); env reset seeds {args.seed}*1e6 + episode index.")
     description = (f"D4RL-protocol {kind} dataset on {env_id} (not D4RL itself): {how}. {steps} steps, "
-                   f"{len(episodes)} episodes, mean episode return {returns.mean():.1f}. Actions sampled from the "
-                   f"stochastic policy (numpy PCG64 noise, seed {args.seed}; float64 arithmetic that every CPU rounds "
-                   f"alike); env reset seeds {args.seed}*1e6 + episode index. "
+                   f"{len(episodes)} episodes, mean episode return {returns.mean():.1f}. {sampling} "
                    f"Built by tools/make_dataset.py {TOOL_VERSION} (misa-pytorch).")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
