@@ -8,8 +8,9 @@
 # Every knob is an environment variable (defaults below). Runs land in $OUT/runs/ENV__SCRIPT__SEED (benchmark.py's
 # names; rerunning continues finished or checkpointed runs with --resume), each with its evaluations.csv and
 # provenance.csv (command, wall time, machine, commit, build of the dataset), and a checkpoint.pt at every evaluation
-# (--save-model: an interrupted run continues from it, and the representation picture reads it). The two CSVs of every run are packed
-# into $OUT/results-runs.tar.gz, one small file to bring back from a GPU machine and unpack into docs/results/:
+# (--save-model: an interrupted run continues from it, and the representation picture reads it). The two CSVs of every
+# run are packed into $OUT/results-runs.tar.gz, one small file to bring back from a GPU machine and unpack into
+# docs/results/:
 #   tar xzf results-runs.tar.gz -C docs/results    # adds or replaces docs/results/runs/ENV__SCRIPT__SEED/
 # and benchmarks/report.py writes $OUT/report/. Where the checkout's .git does not travel (a device machine gets a copy
 # of the working tree), name the commit for provenance.csv: BENCHMARK_COMMIT=<git rev-parse HEAD of the checkout>.

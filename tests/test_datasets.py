@@ -14,6 +14,7 @@ import torch
 from conftest import ROOT, assert_clean_error, run_script
 
 sys.path.insert(0, str(ROOT / "tools"))
+import make_dataset  # noqa: E402
 import train_behavior  # noqa: E402
 
 SHIPPED = ROOT / "tools" / "behavior_policies"
@@ -101,9 +102,6 @@ def test_builds_are_the_same_on_any_cpu(datasets_root, tmp_path, policies):
 def test_sampler_is_the_actors_sample(policies):
     """The machine-independent sampler computes the torch actor's tanh-Gaussian sample: same noise, same actions up
     to float32 rounding."""
-    sys.path.insert(0, str(ROOT / "tools"))
-    import make_dataset
-
     actor, _ = train_behavior.load_actor(policies / "hopper-medium.pt")
     sampler = make_dataset.MachineIndependentSampler(actor, seed=3)
     obs = np.random.default_rng(0).normal(size=(64, 11))
@@ -121,9 +119,6 @@ def test_sampler_products_do_not_depend_on_the_summation_order(policies):
     """Each layer's product is a sum of integers below 2**53, exact in float64: it equals the exact sum (Python
     integers) and does not change when BLAS sums in another order (here: the inputs permuted), where a plain float64
     product does change, so the check can fail."""
-    sys.path.insert(0, str(ROOT / "tools"))
-    import make_dataset
-
     actor, _ = train_behavior.load_actor(policies / "hopper-medium.pt")
     sampler = make_dataset.MachineIndependentSampler(actor, seed=0)
     weight_q, weight_shift, bias, bits = layer = sampler.hidden[1]  # 256 inputs
