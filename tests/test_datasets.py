@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -196,6 +198,30 @@ def test_manifest_matches_shipped_files():
         assert entry["eval_episodes"] >= 10 and entry["command"].startswith("python tools/train_behavior.py")
         blob = torch.load(SHIPPED / entry["file"], weights_only=False)
         assert blob["eval_return_mean"] == pytest.approx(entry["eval_return_mean"], abs=0.1)
+
+
+def test_builders_of_one_dataset_take_turns(datasets_root, tmp_path, policies):
+    """Runs of one dataset started together (benchmark.py --workers 2) each build it on first use. Unlocked, the later
+    builder deleted the data while the first run opened it ('unable to lock file'); now the builders wait for whoever
+    holds the build, and one builds while the other finds it built."""
+    dataset_id = "t7/hopper/medium-v0"
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    env.pop("TRITON_INTERPRET")
+    command = [sys.executable, str(ROOT / "tools" / "make_dataset.py"), "hopper-medium", "--num-steps", "1500",
+               "--dataset-id", dataset_id, "--policies-dir", str(policies)]
+    with make_dataset.build_lock(dataset_id):  # this test holds the build until both builders are waiting for it
+        builders = [subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     text=True) for _ in range(2)]
+        for builder in builders:
+            for line in builder.stdout:  # ends early (and the test fails) if a builder runs without waiting
+                if "waiting" in line:
+                    break
+            assert builder.poll() is None and "another process is building t7/hopper/medium-v0" in line, line
+    outputs = [builder.communicate(timeout=300)[0] for builder in builders]
+    assert all(builder.returncode == 0 for builder in builders), outputs
+    assert sorted("was built by that process" in out for out in outputs) == [False, True], outputs
+    assert sum("wrote t7/hopper/medium-v0" in out for out in outputs) == 1, outputs
+    assert minari.load_dataset(dataset_id).total_steps == 1500
 
 
 def test_list_and_bad_names(datasets_root, tmp_path):

@@ -19,6 +19,7 @@ These are D4RL-protocol datasets on v5 envs, not D4RL itself: docs/datasets.md l
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
@@ -38,6 +39,11 @@ import numpy as np
 import torch
 import tyro
 from tqdm import tqdm
+
+try:
+    import fcntl  # the build lock (POSIX only)
+except ImportError:
+    fcntl = None
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_behavior import DEFAULT_OUT_DIR, ENVS, Actor, load_actor  # noqa: E402
@@ -94,6 +100,28 @@ def datasets_root() -> Path:
     from minari.storage.datasets_root_dir import get_dataset_path
 
     return get_dataset_path()
+
+
+@contextlib.contextmanager
+def build_lock(dataset_id: str):
+    """Hold an exclusive lock on building `dataset_id` (a hidden file beside it, which Minari's listing skips).
+
+    Several runs of one dataset started together (benchmark.py --workers N) each build it on first use; unlocked, the
+    later builder deleted the first one's files while that run was opening them. Whoever comes second waits here and
+    then finds the dataset built. Yields whether it had to wait."""
+    namespace, _, leaf = dataset_id.rpartition("/")
+    lock_path = datasets_root() / namespace / f".{leaf}.lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    waited = False
+    with open(lock_path, "a") as lock_file:
+        if fcntl is not None:  # POSIX; elsewhere concurrent builds of one dataset stay the user's to avoid
+            try:
+                fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                print(f"another process is building {dataset_id}; waiting for it to finish", flush=True)
+                fcntl.flock(lock_file, fcntl.LOCK_EX)
+                waited = True
+        yield waited  # closing the file releases the lock, also when the build fails or is interrupted
 
 
 def dir_size(path: Path) -> int:
@@ -390,10 +418,11 @@ def build(name: str, args: Args, dataset_id: str) -> None:
         for part in ("medium", "expert"):
             part_id = dataset_id.replace("medium-expert", part) if "medium-expert" in dataset_id else default_id(f"{env}-{part}")
             meta_path = datasets_root() / part_id / "data" / "metadata.json"
-            if not meta_path.exists():
-                print(f"{name} needs {part_id}: building it first")
-                build(f"{env}-{part}", Args(**{**vars(args), "dataset_id": part_id, "overwrite": False}), part_id)
-            elif (version := builder_version(json.loads(meta_path.read_text()))) != TOOL_VERSION:
+            with build_lock(part_id):  # another process may be building this part on its own
+                if not meta_path.exists():
+                    print(f"{name} needs {part_id}: building it first")
+                    build(f"{env}-{part}", Args(**{**vars(args), "dataset_id": part_id, "overwrite": False}), part_id)
+            if (version := builder_version(json.loads(meta_path.read_text()))) != TOOL_VERSION:
                 fail(f"{part_id} was built by make_dataset.py {version}, whose data differ from machine to machine; "
                      f"rebuild it first: python tools/make_dataset.py {env}-{part} --overwrite")
             parts.append(part_id)
@@ -450,14 +479,15 @@ def main(args: Args) -> None:
     if dataset_id.split("/")[0] in ("mujoco", "D4RL"):
         fail(f"--dataset-id {dataset_id}: the mujoco/ and D4RL/ namespaces are Farama's; use your own")
     path = datasets_root() / dataset_id
-    if (path / "data").exists():
-        if not args.overwrite:
-            print(f"{dataset_id} already exists at {path} (use --overwrite to rebuild)")
-            return
     torch.set_num_threads(1)
     signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
     try:
-        build(args.name, args, dataset_id)
+        with build_lock(dataset_id) as waited:
+            if (path / "data").exists() and not args.overwrite:
+                print(f"{dataset_id} was built by that process at {path}" if waited else
+                      f"{dataset_id} already exists at {path} (use --overwrite to rebuild)")
+                return
+            build(args.name, args, dataset_id)
     except KeyboardInterrupt:
         print(f"\ninterrupted: {dataset_id} was not built, and nothing half-built was kept; run the same command "
               f"again to build it", file=sys.stderr)
