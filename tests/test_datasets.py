@@ -222,6 +222,29 @@ def test_builders_of_one_dataset_take_turns(datasets_root, tmp_path, policies):
     assert sorted("was built by that process" in out for out in outputs) == [False, True], outputs
     assert sum("wrote t7/hopper/medium-v0" in out for out in outputs) == 1, outputs
     assert minari.load_dataset(dataset_id).total_steps == 1500
+    assert not list(datasets_root.glob(".staging-*"))  # the builds' staging roots are gone
+
+
+def test_a_write_that_fails_leaves_nothing_behind(datasets_root, monkeypatch):
+    """Minari writes into a hidden staging root and the finished dataset is renamed into place, so no run ever opens a
+    half-written dataset; a write that fails midway leaves neither the dataset nor the staging root, and Minari's root
+    is the user's again."""
+    def write_half_then_fail(dataset_id, **kwargs):
+        from minari.storage.datasets_root_dir import get_dataset_path
+
+        data = get_dataset_path(dataset_id) / "data"
+        assert ".staging-" in str(data)  # never written where a run looks
+        data.mkdir(parents=True)
+        (data / "main_data.hdf5").write_bytes(b"half a dataset")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(minari, "create_dataset_from_buffers", write_half_then_fail)
+    args = make_dataset.Args(name="hopper-random", num_steps=300, num_envs=2, workers=1, dataset_id="t8/hopper/random-v0")
+    with pytest.raises(OSError, match="No space left"):
+        make_dataset.build("hopper-random", args, "t8/hopper/random-v0")
+    assert os.environ["MINARI_DATASETS_PATH"] == str(datasets_root)
+    assert not (datasets_root / "t8" / "hopper" / "random-v0").exists()
+    assert not list(datasets_root.glob(".staging-*"))
 
 
 def test_list_and_bad_names(datasets_root, tmp_path):

@@ -28,6 +28,7 @@ import re
 import shutil
 import signal
 import sys
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -438,20 +439,33 @@ def build(name: str, args: Args, dataset_id: str) -> None:
     description = (f"D4RL-protocol {kind} dataset on {env_id} (not D4RL itself): {how}. {steps} steps, "
                    f"{len(episodes)} episodes, mean episode return {returns.mean():.1f}. {sampling} "
                    f"Built by tools/make_dataset.py {TOOL_VERSION} (misa-pytorch).")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        shutil.rmtree(datasets_root() / dataset_id, ignore_errors=True)  # --overwrite: the old one goes only now
-        try:
-            minari.create_dataset_from_buffers(
-                dataset_id, buffer=episodes, env=gym.spec(env_id), eval_env=gym.spec(env_id),
-                algorithm_name=f"SAC behaviour policy ({kind})" if kind != "random" else "random policy",
-                author="misa-pytorch", author_email="none", code_permalink="tools/make_dataset.py",
-                ref_min_score=ref_min, ref_max_score=ref_max, description=description,
-                requirements=[f"gymnasium=={gym.__version__}"],
-            )
-        except BaseException:  # interrupted or failed while writing: keep nothing half-written
-            shutil.rmtree(datasets_root() / dataset_id, ignore_errors=True)
-            raise
+    # Minari writes under $MINARI_DATASETS_PATH/<id>/data/; it writes into a hidden staging root beside the real one
+    # (Minari's listing skips it), and the finished dataset is moved into place in one rename, so that a run starting
+    # meanwhile never finds a half-written dataset, and an interrupted or failed write leaves nothing behind.
+    root, root_setting = datasets_root(), os.environ.get("MINARI_DATASETS_PATH")
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=root))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            os.environ["MINARI_DATASETS_PATH"] = str(staging)
+            try:
+                minari.create_dataset_from_buffers(
+                    dataset_id, buffer=episodes, env=gym.spec(env_id), eval_env=gym.spec(env_id),
+                    algorithm_name=f"SAC behaviour policy ({kind})" if kind != "random" else "random policy",
+                    author="misa-pytorch", author_email="none", code_permalink="tools/make_dataset.py",
+                    ref_min_score=ref_min, ref_max_score=ref_max, description=description,
+                    requirements=[f"gymnasium=={gym.__version__}"],
+                )
+            finally:
+                if root_setting is None:
+                    del os.environ["MINARI_DATASETS_PATH"]
+                else:
+                    os.environ["MINARI_DATASETS_PATH"] = root_setting
+        shutil.rmtree(root / dataset_id, ignore_errors=True)  # --overwrite: the old one goes only now
+        (root / dataset_id).parent.mkdir(parents=True, exist_ok=True)
+        os.rename(staging / dataset_id, root / dataset_id)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     normalized = 100 * (returns.mean() - ref_min) / (ref_max - ref_min)
     print(f"wrote {dataset_id}: {steps} steps, {len(episodes)} episodes, mean return {returns.mean():.1f} "
           f"(normalised {normalized:.1f}), {time.time() - start:.1f} s")
