@@ -122,6 +122,8 @@ def build_lock(dataset_id: str):
                 print(f"another process is building {dataset_id}; waiting for it to finish", flush=True)
                 fcntl.flock(lock_file, fcntl.LOCK_EX)
                 waited = True
+            except OSError:  # a filesystem without locks (some network mounts): build unlocked rather than not at all
+                pass
         yield waited  # closing the file releases the lock, also when the build fails or is interrupted
 
 
