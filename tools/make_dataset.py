@@ -441,9 +441,9 @@ def build(name: str, args: Args, dataset_id: str) -> None:
     description = (f"D4RL-protocol {kind} dataset on {env_id} (not D4RL itself): {how}. {steps} steps, "
                    f"{len(episodes)} episodes, mean episode return {returns.mean():.1f}. {sampling} "
                    f"Built by tools/make_dataset.py {TOOL_VERSION} (misa-pytorch).")
-    # Minari writes under $MINARI_DATASETS_PATH/<id>/data/; it writes into a hidden staging root beside the real one
-    # (Minari's listing skips it), and the finished dataset is moved into place in one rename, so that a run starting
-    # meanwhile never finds a half-written dataset, and an interrupted or failed write leaves nothing behind.
+    # Minari writes to $MINARI_DATASETS_PATH/<id>/. Pointed at a hidden staging root beside the real one (its listing
+    # skips hidden folders), it writes there, and one rename moves the finished dataset into place: a run starting
+    # meanwhile never finds a half-written dataset, and a failed or interrupted write leaves nothing behind.
     root, root_setting = datasets_root(), os.environ.get("MINARI_DATASETS_PATH")
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=root))
     try:
