@@ -147,22 +147,24 @@ def run_state(run: Run, output_dir: Path) -> str:
 
 
 def execute(command: list[str], log_path: str, cwd: str, env: Optional[dict] = None,
-            provenance: Sequence[tuple[str, dict]] = (), provenance_every_s: float = 60.0) -> tuple[int, str, float]:
+            provenance: Sequence[tuple[str, dict, str]] = (),
+            provenance_every_s: float = 60.0) -> tuple[int, str, float]:
     """Run one experiment, its stdout and stderr appended to log_path; returns the exit code, the start time (UTC,
     ISO 8601) and the wall time in seconds. provenance: (path of a run's provenance.csv, that run's row without start,
-    wall time and exit code) for each run the process trains. While the process runs, the rows are brought up to date
-    every provenance_every_s seconds (wall time so far, an empty exit code), then finished with the exit code: a process
-    killed together with benchmark.py (a machine or a session stopped) still leaves its row, its wall time short by
-    less than provenance_every_s."""
+    wall time, exit code and dataset build, the run's --env-id) for each run the process trains. While the process
+    runs, the rows are brought up to date every provenance_every_s seconds (wall time so far, an empty exit code), then
+    finished with the exit code: a process killed together with benchmark.py (a machine or a session stopped) still
+    leaves its row, its wall time short by less than provenance_every_s. The build of the dataset is read at each
+    update, as a run that builds its dataset on first use makes it only after it started."""
     Path(log_path).parent.mkdir(parents=True, exist_ok=True)
     started, t0 = datetime.now(timezone.utc).isoformat(timespec="seconds"), time.perf_counter()
 
     def record(exit_code: str) -> None:
-        for path, row in provenance:
+        for path, row, env_id in provenance:
             # while running, only into a run directory the script has claimed: a new run refuses a directory that
             # holds anything, and --overwrite deletes it first
             if exit_code or Path(path).parent.is_dir():
-                write_provenance_row(Path(path), {**row, "started_utc": started,
+                write_provenance_row(Path(path), {**row, "started_utc": started, "dataset": dataset_build(env_id),
                                                   "wall_s": f"{time.perf_counter() - t0:.3f}", "exit_code": exit_code})
 
     with open(log_path, "a") as log:  # appended: a resumed run's log keeps what came before
@@ -246,11 +248,12 @@ def readable_command(command: list[str]) -> str:
     return shlex.join(["python", str(script), *command[2:]])
 
 
-def provenance_rows(job: Job, output_dir: Path, threads: str, context: dict) -> list[tuple[str, dict]]:
-    """(path, row) for each run of a process; execute() adds the start, the wall time and the exit code."""
+def provenance_rows(job: Job, output_dir: Path, threads: str, context: dict) -> list[tuple[str, dict, str]]:
+    """(path, row, env id) for each run of a process; execute() adds the start, the wall time, the exit code and the
+    build of the dataset."""
     return [(str(output_dir / "runs" / run.name / "provenance.csv"),
              {"run": run.name, "command": readable_command(job.command), "threads": threads,
-              "seeds_in_process": len(job.runs), "dataset": dataset_build(run.env_id), **context}) for run in job.runs]
+              "seeds_in_process": len(job.runs), **context}, run.env_id) for run in job.runs]
 
 
 def write_provenance_row(path: Path, row: dict) -> None:
@@ -414,7 +417,7 @@ def main(args: Args) -> int:
     bar = tqdm(total=to_run, desc="benchmark", unit="run")
     start = time.time()
 
-    def provenance(job: Job) -> list[tuple[str, dict]]:
+    def provenance(job: Job) -> list[tuple[str, dict, str]]:
         return provenance_rows(job, output_dir, "ray" if args.ray_address else str(threads), context)
 
     def on_done(job: Job, returncode: int, started: str, wall_s: float) -> None:

@@ -118,6 +118,24 @@ def test_provenance_names_the_build_of_the_dataset(tmp_path, monkeypatch):
     assert benchmark.dataset_build("D4RL/door/human-v2") == "D4RL/door/human-v2"
 
 
+def test_provenance_names_a_dataset_built_after_the_run_started(tmp_path, monkeypatch):
+    """A run on a short name not built yet builds its dataset on first use, after benchmark.py started it: its row
+    names the build all the same (it was left empty when the row was made before the process started)."""
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
+    metadata = tmp_path / "minari" / "misa-pytorch" / "hopper" / "medium-v0" / "data" / "metadata.json"
+    build = ("import json, pathlib; p = pathlib.Path(%r); p.parent.mkdir(parents=True); p.write_text(json.dumps("
+             "{'description': '1000000 steps, 2224 episodes, mean episode return 1352.3. Built by "
+             "tools/make_dataset.py 2.0 (misa-pytorch).'}))" % str(metadata))
+    path = tmp_path / "runs" / "hopper-medium__fake__1" / "provenance.csv"
+    path.parent.mkdir(parents=True)
+    returncode, _, _ = benchmark.execute([sys.executable, "-c", build], str(tmp_path / "log.txt"), str(tmp_path),
+                                         provenance=[(str(path), {"run": "hopper-medium__fake__1"}, "hopper-medium")])
+    assert returncode == 0
+    with open(path) as f:
+        (row,) = list(csv.DictReader(f))
+    assert row["dataset"] == "misa-pytorch/hopper/medium-v0: make_dataset.py 2.0, 2224 episodes, mean return 1352.3"
+
+
 def test_every_process_leaves_its_provenance_and_the_report_shows_it(tmp_path, monkeypatch):
     import torch
 
