@@ -11,13 +11,13 @@ default each run is one subprocess, `python SCRIPT --env-id ENV --seed N --run-n
 runs/logs/NAME.log; with --seeds-per-process K, up to K consecutive seeds of one (script, dataset) pair train in one
 subprocess with the scripts' --num-seeds (`--seed N --num-seeds K --run-name ENV__SCRIPT__{seed}`: the same run names),
 logging to runs/logs/ENV__SCRIPT__N-M.log. A failed process is reported with its log and the others go on. Ctrl-C or
-SIGTERM stops a local grid: the running scripts save their checkpoints and exit, no further run starts, and --resume
-continues the grid. A grid whose runs already have results is refused unless --resume (skip the finished runs, continue
-those with a checkpoint) or --overwrite is given. Local runs share the cores: each gets OMP_NUM_THREADS = cores /
---workers. Every process writes one row per run to runs/NAME/provenance.csv (command, start, wall time, exit code,
-commit, machine, torch version, which build of the dataset), so a run directory says how it was made; the row is kept
-up to date while the process runs, so a killed process leaves one too (empty exit code). Then `python
-benchmarks/report.py` makes the tables.
+SIGTERM (to benchmark.py alone, `kill PID`, or to its process group) stops a local grid: the running scripts save their
+checkpoints and exit, no further run starts, and --resume continues the grid. A grid whose runs already have results is
+refused unless --resume (skip the finished runs, continue those with a checkpoint) or --overwrite is given. Local runs
+share the cores: each gets OMP_NUM_THREADS = cores / --workers. Every process writes one row per run to
+runs/NAME/provenance.csv (command, start, wall time, exit code, commit, machine, torch version, which build of the
+dataset), so a run directory says how it was made; the row is kept up to date while the process runs, so a killed
+process leaves one too (empty exit code). Then `python benchmarks/report.py` makes the tables.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -171,12 +172,18 @@ def execute(command: list[str], log_path: str, cwd: str, env: Optional[dict] = N
         log.write("$ " + shlex.join(command) + "\n")
         log.flush()
         process = subprocess.Popen(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
-        while True:
-            try:
-                returncode = process.wait(timeout=provenance_every_s)
-                break
-            except subprocess.TimeoutExpired:
-                record(exit_code="")
+        RUNNING.add(process)
+        if STOPPING.is_set():  # started just as the grid was being stopped: stop it as the others
+            process.send_signal(signal.SIGTERM)
+        try:
+            while True:
+                try:
+                    returncode = process.wait(timeout=provenance_every_s)
+                    break
+                except subprocess.TimeoutExpired:
+                    record(exit_code="")
+        finally:
+            RUNNING.discard(process)
     record(exit_code=str(returncode))
     return returncode, started, time.perf_counter() - t0
 
@@ -329,15 +336,21 @@ def make_jobs(runs: list[Run], states: dict[str, str], args: Args, output_dir: P
     return jobs
 
 
+RUNNING: set[subprocess.Popen] = set()  # the processes execute() is waiting for, to which a stop is passed on
+STOPPING = threading.Event()
+STOP_GRACE_S = 10.0  # how long a stopped grid waits for its scripts to stop by themselves before it stops them
+
+
 def stop_like_ctrl_c(signum, frame):
     raise KeyboardInterrupt  # a kill or a cluster's preemption stops the grid as Ctrl-C does
 
 
 def run_local(todo: list[Job], workers: int, threads: int, output_dir: Path, provenance, every_s: float,
               on_done) -> list[Job]:
-    """Runs the processes, up to `workers` at a time; returns those never started. Ctrl-C (or SIGTERM)
-    reaches the running scripts too, and each saves a checkpoint and exits: then no further process is started, and
-    those running are waited for and recorded, so that --resume continues the grid where it stopped."""
+    """Runs the processes, up to `workers` at a time; returns those never started. Ctrl-C (or SIGTERM, to
+    benchmark.py alone or to its process group) reaches the running scripts too, and each saves a checkpoint and exits:
+    then no further process is started, and those running are waited for and recorded, so that --resume continues the
+    grid where it stopped."""
     # Each process gets its share of the cores: two torch processes with a full thread pool each on the same cores
     # slow each other down far below half speed (measured: docs/performance.md).
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
@@ -352,10 +365,20 @@ def run_local(todo: list[Job], workers: int, threads: int, output_dir: Path, pro
         except KeyboardInterrupt:
             signal.signal(signal.SIGINT, signal.SIG_IGN)  # the scripts are saving checkpoints: wait for them
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            STOPPING.set()
             not_started = [futures[future] for future in futures if future.cancel()]
             running = [f for f in futures if not f.cancelled() and f not in recorded]
             print(f"\nstopping: {len(not_started)} processes not started; waiting for the {len(running)} running to "
                   f"save their checkpoints and exit", flush=True)
+            # A kill of benchmark.py alone (not of its process group) reaches no script: pass the stop on to those
+            # still running after a grace period. One that a terminal's Ctrl-C or a group's SIGTERM reached is gone by
+            # then; a second signal while it exits would end it by the signal's default action, and with it the exit
+            # code 130 that says its checkpoint was saved.
+            deadline = time.time() + STOP_GRACE_S
+            while time.time() < deadline and any(process.poll() is None for process in list(RUNNING)):
+                time.sleep(0.1)
+            for process in list(RUNNING):
+                process.send_signal(signal.SIGTERM)
             for future in running:
                 on_done(futures[future], *future.result())
             return not_started

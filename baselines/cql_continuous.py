@@ -910,12 +910,23 @@ def load_checkpoints(path: str) -> tuple[Args, list[dict], list[Path]]:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-def raise_keyboard_interrupt(signum, frame):
-    raise KeyboardInterrupt
+stop_requested = False
+
+
+def stop_once(signum, frame):
+    # The first Ctrl-C or SIGTERM stops the run; later ones do nothing, so that nothing interrupts the checkpoint being
+    # written (benchmark.py passes a stop on to its runs, which a terminal's Ctrl-C may already have reached). Not
+    # SIG_IGN: Python raises an error for a signal that arrives just before such a switch.
+    global stop_requested
+    if not stop_requested:
+        stop_requested = True
+        raise KeyboardInterrupt
 
 
 def main(args: Args) -> None:
-    signal.signal(signal.SIGTERM, raise_keyboard_interrupt)  # a kill or a cluster preemption checkpoints like Ctrl-C
+    signal.signal(signal.SIGTERM, stop_once)  # a kill or a cluster preemption checkpoints like Ctrl-C
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # a job started with Ctrl-C ignored keeps ignoring it
+        signal.signal(signal.SIGINT, stop_once)
     resume_blobs = None
     if args.resume is not None:
         saved, resume_blobs, run_dirs = load_checkpoints(args.resume)

@@ -37,11 +37,19 @@ run_dir.mkdir(parents=True, exist_ok=True)
                                         f"threads={os.environ.get('OMP_NUM_THREADS')}\n")
 
 
-def stop_like_ctrl_c(signum, frame):
-    raise KeyboardInterrupt  # SIGTERM stops a run as Ctrl-C does, as in the real scripts
+stop_requested = False
 
 
-signal.signal(signal.SIGTERM, stop_like_ctrl_c)
+def stop_once(signum, frame):  # as in the real scripts: Ctrl-C or SIGTERM stops a run, the first one only
+    global stop_requested
+    if not stop_requested:
+        stop_requested = True
+        raise KeyboardInterrupt
+
+
+signal.signal(signal.SIGTERM, stop_once)
+if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+    signal.signal(signal.SIGINT, stop_once)
 try:
     time.sleep(args.sleep)
 except KeyboardInterrupt:  # the real scripts save a checkpoint and exit 130

@@ -223,10 +223,11 @@ def test_a_killed_process_still_leaves_its_provenance(tmp_path):
     assert "| 2 (1 did not finish) |" in text, text
 
 
-@pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM"])
-def test_ctrl_c_or_sigterm_stops_the_grid_and_resume_finishes_it(tmp_path, stop):
-    """Ctrl-C (SIGINT to the terminal's process group) or SIGTERM to the group (a kill, a scheduler): the running
-    script saves a checkpoint and exits, no queued run starts, and --resume finishes the grid."""
+@pytest.mark.parametrize("stop, to", [("SIGINT", "group"), ("SIGTERM", "group"), ("SIGTERM", "benchmark.py")])
+def test_ctrl_c_or_sigterm_stops_the_grid_and_resume_finishes_it(tmp_path, stop, to):
+    """Ctrl-C (SIGINT to the terminal's process group), SIGTERM to the group (a scheduler) or to benchmark.py alone
+    (`kill PID`, which reaches no script unless benchmark.py passes it on): the running script saves a checkpoint and
+    exits, no queued run starts, and --resume finishes the grid."""
     process = start_benchmark_in_its_own_group(tmp_path, "--num-seeds", "3", "--workers", "1",
                                                "--extra-args=--sleep 60")
     started = tmp_path / "runs" / "toy__fake_algo__1" / "invocation.txt"
@@ -234,7 +235,7 @@ def test_ctrl_c_or_sigterm_stops_the_grid_and_resume_finishes_it(tmp_path, stop)
     while not started.exists() and time.time() < deadline:
         time.sleep(0.1)
     time.sleep(0.5)  # the fake has its SIGTERM handler by now
-    os.killpg(process.pid, getattr(signal, stop))
+    (os.killpg if to == "group" else os.kill)(process.pid, getattr(signal, stop))
     try:
         out, _ = process.communicate(timeout=30)
     except subprocess.TimeoutExpired:

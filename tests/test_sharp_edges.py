@@ -6,6 +6,7 @@ Each failure must be one 'error:' line that says what to do, and no earlier resu
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -220,6 +221,44 @@ def test_ctrl_c_during_the_first_use_build_is_one_line_and_keeps_nothing(script,
     assert lines == ["interrupted: misa-pytorch/hopper/medium-v0 was not built, and nothing half-built was kept; "
                      "run the same command again to build it"], stderr
     assert not (datasets / "misa-pytorch" / "hopper" / "medium-v0").exists()
+
+
+# ------------------------------------------------------------------------------------------------ stopped twice
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_a_second_stop_does_not_interrupt_the_checkpoint(script, datasets_root, tmp_path):
+    """A terminal's Ctrl-C reaches a run of benchmark.py's grid, and benchmark.py passes the stop on as SIGTERM: the
+    run stops on the first signal and ignores the rest, however late they come, so it saves a checkpoint that resumes
+    and exits 130, with no traceback from a second KeyboardInterrupt raised while it saves or exits."""
+    tiny = ["--batch-size", "32", "--hidden-dim", "32", "--eval-episodes", "1", "--final-eval-episodes", "1"]
+    if script == "misa_continuous.py":
+        tiny += ["--num-mc-samples", "4", "--mcmc-burnin", "2"]
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    out, err = tmp_path / "out.txt", tmp_path / "err.txt"
+    with open(out, "w") as fo, open(err, "w") as fe:
+        proc = subprocess.Popen([sys.executable, str(ROOT / script), "--env-id", "test/pendulum/energy-v0",
+                                 "--total-timesteps", "1000000", "--eval-freq", "1000000", "--run-name", "run", *tiny],
+                                cwd=tmp_path, env=env, stdout=fo, stderr=fe, start_new_session=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        try:
+            deadline = time.time() + 180
+            while (not re.search(r"[0-9]step/s", err.read_text()) and time.time() < deadline
+                   and proc.poll() is None):
+                time.sleep(0.2)  # until the progress bar shows a training speed
+            assert proc.poll() is None, err.read_text()
+            proc.send_signal(signal.SIGINT)  # a terminal's Ctrl-C
+            deadline = time.time() + 120
+            # more stops at every moment until it says it has saved (not later: a signal that comes while Python shuts
+            # down, after the handlers are gone, ends the process by the signal's default action, as in any program)
+            while "interrupted at step" not in out.read_text() and proc.poll() is None and time.time() < deadline:
+                proc.send_signal(signal.SIGTERM)
+                time.sleep(0.002)
+            proc.wait(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    stderr = err.read_text()
+    assert proc.returncode == 130 and "Traceback" not in stderr, stderr
+    assert torch.load(tmp_path / "runs" / "run" / "checkpoint.pt", weights_only=False)["step"] > 0
 
 
 # ------------------------------------------------------------------------------------------------ fidelity
