@@ -1,6 +1,6 @@
 """What a new user runs into, in all four scripts: damaged datasets, a misspelt --env-id, unwritable or taken output
-folders, a full disk while checkpointing, Ctrl-C during the first-use dataset build, and the CQL-style Lagrange
-multiplier's start.
+folders, a full disk while checkpointing, Ctrl-C during the first-use dataset build, a stop that comes twice, and the
+CQL-style Lagrange multiplier's start.
 Each failure must be one 'error:' line that says what to do, and no earlier result may be lost."""
 
 from __future__ import annotations
