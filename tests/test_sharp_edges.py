@@ -190,18 +190,21 @@ def test_full_disk_while_checkpointing_keeps_the_previous_checkpoint(script, tmp
 
 
 # ------------------------------------------------------------------------------------------------ Ctrl-C in the build
+def start_as_from_a_terminal(argv: list[str], cwd: Path, env: dict, stdout, stderr) -> subprocess.Popen:
+    """A script in its own process group, with SIGINT back to its default: a test run started in the background of a
+    non-interactive shell (nohup, CI wrappers) inherits SIGINT ignored, and Python then never raises
+    KeyboardInterrupt. What a user's Ctrl-C does is what is tested, whatever started pytest."""
+    return subprocess.Popen([sys.executable, *argv], cwd=cwd, env=env, stdout=stdout, stderr=stderr,
+                            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_ctrl_c_during_the_first_use_build_is_one_line_and_keeps_nothing(script, tmp_path):
     datasets = tmp_path / "minari"
     env = dict(os.environ, MINARI_DATASETS_PATH=str(datasets), PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     out, err = tmp_path / "out.txt", tmp_path / "err.txt"
     with open(out, "w") as fo, open(err, "w") as fe:
-        # its own process group; SIGINT back to its default, since a test run started in the background of a
-        # non-interactive shell (nohup, CI wrappers) inherits SIGINT ignored, and Python then never raises
-        # KeyboardInterrupt: what a user's Ctrl-C does is what is tested, whatever started pytest
-        proc = subprocess.Popen([sys.executable, str(ROOT / script), "--env-id", "hopper-medium"], cwd=tmp_path,
-                                env=env, stdout=fo, stderr=fe, start_new_session=True,
-                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        proc = start_as_from_a_terminal([str(ROOT / script), "--env-id", "hopper-medium"], tmp_path, env, fo, fe)
         try:
             deadline = time.time() + 180
             while "step/s" not in err.read_text() and time.time() < deadline and proc.poll() is None:
@@ -235,10 +238,9 @@ def test_a_second_stop_does_not_interrupt_the_checkpoint(script, datasets_root, 
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     out, err = tmp_path / "out.txt", tmp_path / "err.txt"
     with open(out, "w") as fo, open(err, "w") as fe:
-        proc = subprocess.Popen([sys.executable, str(ROOT / script), "--env-id", "test/pendulum/energy-v0",
-                                 "--total-timesteps", "1000000", "--eval-freq", "1000000", "--run-name", "run", *tiny],
-                                cwd=tmp_path, env=env, stdout=fo, stderr=fe, start_new_session=True,
-                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        proc = start_as_from_a_terminal([str(ROOT / script), "--env-id", "test/pendulum/energy-v0", "--total-timesteps",
+                                         "1000000", "--eval-freq", "1000000", "--run-name", "run", *tiny],
+                                        tmp_path, env, fo, fe)
         try:
             deadline = time.time() + 180
             while (not re.search(r"[0-9]step/s", err.read_text()) and time.time() < deadline
