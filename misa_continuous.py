@@ -278,12 +278,12 @@ def load_dataset(env_id: str):
         try:
             returncode = build.wait()
         except KeyboardInterrupt:  # Ctrl-C reaches the builder too, which says so in one line and keeps nothing
-            signal.signal(signal.SIGINT, signal.SIG_IGN)  # while it cleans up, a second Ctrl-C must not interrupt us
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            # While it cleans up, more Ctrl-Cs or SIGTERMs do nothing: main() set stop_once, which stops only once
+            # (not SIG_IGN, which raises an error for a signal that arrives just before the switch).
             try:
                 returncode = build.wait(timeout=10)
             except subprocess.TimeoutExpired:  # only this process was signalled (a kill): pass it on
-                build.send_signal(signal.SIGINT)
+                build.terminate()  # SIGTERM, which the builder obeys even where SIGINT is ignored (nohup, a `&` job)
                 returncode = build.wait()
             if returncode == 0:
                 print(f"interrupted after {dataset_id} was built; nothing was trained", file=sys.stderr)

@@ -226,6 +226,43 @@ def test_ctrl_c_during_the_first_use_build_is_one_line_and_keeps_nothing(script,
     assert not (datasets / "misa-pytorch" / "hopper" / "medium-v0").exists()
 
 
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_a_kill_during_the_first_use_build_of_a_background_job_stops_the_builder(script, tmp_path):
+    """A job started in the background (nohup, `&`, benchmark.py under either) ignores SIGINT, and so does the builder
+    it starts. A kill of the script alone, then more kills while it waits for the builder, must still stop the build at
+    once: one line, exit 130, nothing half-built kept."""
+    datasets = tmp_path / "minari"
+    env = dict(os.environ, MINARI_DATASETS_PATH=str(datasets), PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    out, err = tmp_path / "out.txt", tmp_path / "err.txt"
+    with open(out, "w") as fo, open(err, "w") as fe:
+        proc = subprocess.Popen([sys.executable, str(ROOT / script), "--env-id", "hopper-medium"], cwd=tmp_path,
+                                env=env, stdout=fo, stderr=fe, start_new_session=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+        try:
+            deadline = time.time() + 180
+            while "step/s" not in err.read_text() and time.time() < deadline and proc.poll() is None:
+                time.sleep(0.2)  # until the builder is stepping its envs
+            assert proc.poll() is None, out.read_text() + err.read_text()
+            proc.send_signal(signal.SIGTERM)  # `kill PID` of the script, not of its process group
+            deadline = time.time() + 60
+            while "interrupted" not in err.read_text() and proc.poll() is None and time.time() < deadline:
+                proc.send_signal(signal.SIGTERM)  # and more, while it waits for the builder
+                time.sleep(0.05)
+            proc.wait(timeout=60)  # the builder stepped on for its whole build before the fix
+        finally:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    stderr = err.read_text()
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr, stderr
+    lines = [line for line in stderr.replace("\r", "\n").splitlines() if line.strip() and "step" not in line]
+    assert lines == ["interrupted: misa-pytorch/hopper/medium-v0 was not built, and nothing half-built was kept; "
+                     "run the same command again to build it"], stderr
+    assert not (datasets / "misa-pytorch" / "hopper" / "medium-v0").exists()
+
+
 # ------------------------------------------------------------------------------------------------ stopped twice
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_a_second_stop_does_not_interrupt_the_checkpoint(script, datasets_root, tmp_path):
