@@ -264,6 +264,18 @@ def test_a_kill_during_the_first_use_build_of_a_background_job_stops_the_builder
 
 
 # ------------------------------------------------------------------------------------------------ stopped twice
+def ctrl_c_then_stop_again_and_again(proc: subprocess.Popen, log: Path, last_words: str) -> None:
+    """A terminal's Ctrl-C, then SIGTERM every 2 ms, as a parent passing the stop on may send it at any moment, until
+    the process writes `last_words` to `log`. Not after them: a signal that comes while Python shuts down, after the
+    handlers are gone, ends the process by the signal's default action, as in any program."""
+    proc.send_signal(signal.SIGINT)
+    deadline = time.time() + 120
+    while last_words not in log.read_text() and proc.poll() is None and time.time() < deadline:
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.002)
+    proc.wait(timeout=120)
+
+
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_a_second_stop_does_not_interrupt_the_checkpoint(script, datasets_root, tmp_path):
     """A terminal's Ctrl-C reaches a run of benchmark.py's grid, and benchmark.py passes the stop on as SIGTERM: the
@@ -284,20 +296,69 @@ def test_a_second_stop_does_not_interrupt_the_checkpoint(script, datasets_root, 
                    and proc.poll() is None):
                 time.sleep(0.2)  # until the progress bar shows a training speed
             assert proc.poll() is None, err.read_text()
-            proc.send_signal(signal.SIGINT)  # a terminal's Ctrl-C
-            deadline = time.time() + 120
-            # more stops at every moment until it says it has saved (not later: a signal that comes while Python shuts
-            # down, after the handlers are gone, ends the process by the signal's default action, as in any program)
-            while "interrupted at step" not in out.read_text() and proc.poll() is None and time.time() < deadline:
-                proc.send_signal(signal.SIGTERM)
-                time.sleep(0.002)
-            proc.wait(timeout=120)
+            ctrl_c_then_stop_again_and_again(proc, out, "interrupted at step")
         finally:
             if proc.poll() is None:
                 proc.kill()
     stderr = err.read_text()
     assert proc.returncode == 130 and "Traceback" not in stderr, stderr
     assert torch.load(tmp_path / "runs" / "run" / "checkpoint.pt", weights_only=False)["step"] > 0
+
+
+def test_a_second_stop_does_not_interrupt_the_builders_cleanup(tmp_path):
+    """tools/make_dataset.py stopped, then stopped again and again while it ends its workers: one line, exit 130,
+    nothing half-built kept. A second KeyboardInterrupt used to cut the ending of the workers short, and they printed
+    EOFError and BrokenPipeError tracebacks."""
+    datasets = tmp_path / "minari"
+    env = dict(os.environ, MINARI_DATASETS_PATH=str(datasets), PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    out, err = tmp_path / "out.txt", tmp_path / "err.txt"
+    with open(out, "w") as fo, open(err, "w") as fe:
+        # two workers, as on a machine of 4 or more cores: ending them is the cleanup a second stop could interrupt
+        proc = start_as_from_a_terminal([str(ROOT / "tools" / "make_dataset.py"), "hopper-medium", "--workers", "2"],
+                                        tmp_path, env, fo, fe)
+        try:
+            deadline = time.time() + 180
+            while "step/s" not in err.read_text() and time.time() < deadline and proc.poll() is None:
+                time.sleep(0.2)  # until it is stepping its envs
+            assert proc.poll() is None, out.read_text() + err.read_text()
+            ctrl_c_then_stop_again_and_again(proc, err, "interrupted:")
+        finally:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    stderr = err.read_text()
+    assert proc.returncode == 130 and "Traceback" not in stderr, stderr
+    lines = [line for line in stderr.replace("\r", "\n").splitlines() if line.strip() and "step" not in line]
+    assert lines == ["interrupted: misa-pytorch/hopper/medium-v0 was not built, and nothing half-built was kept; "
+                     "run the same command again to build it"], stderr
+    assert not (datasets / "misa-pytorch" / "hopper" / "medium-v0").exists()
+    assert not list(datasets.glob(".staging-*"))
+
+
+def test_a_second_stop_does_not_interrupt_the_behaviour_policys_checkpoint(tmp_path):
+    """tools/train_behavior.py stopped, then stopped again and again while it saves: exit 130, no traceback, and a
+    checkpoint that holds the steps trained."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    out, err = tmp_path / "out.txt", tmp_path / "err.txt"
+    argv = [str(ROOT / "tools" / "train_behavior.py"), "hopper", "--total-steps", "1000000", "--learning-starts", "200",
+            "--eval-every", "1000000", "--checkpoint-every", "1000000", "--batch-size", "32", "--hidden-dim", "32",
+            "--run-dir", str(tmp_path / "run"), "--out-dir", str(tmp_path / "out"), "--target-score", "99"]
+    with open(out, "w") as fo, open(err, "w") as fe:
+        proc = start_as_from_a_terminal(argv, tmp_path, env, fo, fe)
+        try:
+            deadline = time.time() + 180
+            while (not re.search(r"[0-9]step/s", err.read_text()) and time.time() < deadline
+                   and proc.poll() is None):
+                time.sleep(0.2)  # until the progress bar shows a training speed
+            assert proc.poll() is None, err.read_text()
+            ctrl_c_then_stop_again_and_again(proc, out, "interrupted at step")
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    stderr = err.read_text()
+    assert proc.returncode == 130 and "Traceback" not in stderr, stderr
+    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["step"] > 0
 
 
 # ------------------------------------------------------------------------------------------------ fidelity

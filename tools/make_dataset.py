@@ -473,8 +473,17 @@ def build(name: str, args: Args, dataset_id: str) -> None:
           f"(normalised {normalized:.1f}), {time.time() - start:.1f} s")
 
 
-def raise_keyboard_interrupt(signum, frame):
-    raise KeyboardInterrupt
+stop_requested = False
+
+
+def stop_once(signum, frame):
+    # The first Ctrl-C or SIGTERM stops the build; later ones do nothing, so that none interrupts the cleanup that
+    # keeps nothing half-built (a terminal's Ctrl-C and the SIGTERM that a parent passes on often both arrive). Not
+    # SIG_IGN: Python raises an error for a signal that arrives just before such a switch.
+    global stop_requested
+    if not stop_requested:
+        stop_requested = True
+        raise KeyboardInterrupt
 
 
 def main(args: Args) -> None:
@@ -496,7 +505,9 @@ def main(args: Args) -> None:
         fail(f"--dataset-id {dataset_id}: the mujoco/ and D4RL/ namespaces are Farama's; use your own")
     path = datasets_root() / dataset_id
     torch.set_num_threads(1)
-    signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
+    signal.signal(signal.SIGTERM, stop_once)  # a kill stops the build as Ctrl-C does
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # a job started with Ctrl-C ignored keeps ignoring it
+        signal.signal(signal.SIGINT, stop_once)
     try:
         with build_lock(dataset_id) as waited:
             if (path / "data").exists() and not args.overwrite:
