@@ -198,6 +198,25 @@ def start_as_from_a_terminal(argv: list[str], cwd: Path, env: dict, stdout, stde
                             start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
+def wait_until_it_writes(proc: subprocess.Popen, log: Path, pattern: str) -> None:
+    """Waits (at most 180 s) until `log` matches the regular expression `pattern`; fails if the process ended first."""
+    deadline = time.time() + 180
+    while not re.search(pattern, log.read_text()) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert proc.poll() is None and re.search(pattern, log.read_text()), log.read_text()
+
+
+def assert_the_build_stopped_cleanly(proc: subprocess.Popen, err: Path, datasets: Path) -> None:
+    """Exit 130, no traceback, the builder's one line, and no dataset or half-written staging folder left."""
+    stderr = err.read_text()
+    assert proc.returncode == 130 and "Traceback" not in stderr, stderr
+    lines = [line for line in stderr.replace("\r", "\n").splitlines() if line.strip() and "step" not in line]
+    assert lines == ["interrupted: misa-pytorch/hopper/medium-v0 was not built, and nothing half-built was kept; "
+                     "run the same command again to build it"], stderr
+    assert not (datasets / "misa-pytorch" / "hopper" / "medium-v0").exists()
+    assert not list(datasets.glob(".staging-*"))
+
+
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_ctrl_c_during_the_first_use_build_is_one_line_and_keeps_nothing(script, tmp_path):
     datasets = tmp_path / "minari"
@@ -206,10 +225,7 @@ def test_ctrl_c_during_the_first_use_build_is_one_line_and_keeps_nothing(script,
     with open(out, "w") as fo, open(err, "w") as fe:
         proc = start_as_from_a_terminal([str(ROOT / script), "--env-id", "hopper-medium"], tmp_path, env, fo, fe)
         try:
-            deadline = time.time() + 180
-            while "step/s" not in err.read_text() and time.time() < deadline and proc.poll() is None:
-                time.sleep(0.2)  # until the builder is stepping its envs
-            assert proc.poll() is None, out.read_text() + err.read_text()
+            wait_until_it_writes(proc, err, "step/s")  # the builder is stepping its envs
             os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the script and the builder get it
             proc.wait(timeout=120)
         finally:  # a failed case must not leave the script (and its builder) building and then training
@@ -217,13 +233,7 @@ def test_ctrl_c_during_the_first_use_build_is_one_line_and_keeps_nothing(script,
                 os.killpg(proc.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-    stderr = err.read_text()
-    assert proc.returncode == 130, stderr
-    assert "Traceback" not in stderr, stderr
-    lines = [line for line in stderr.replace("\r", "\n").splitlines() if line.strip() and "step" not in line]
-    assert lines == ["interrupted: misa-pytorch/hopper/medium-v0 was not built, and nothing half-built was kept; "
-                     "run the same command again to build it"], stderr
-    assert not (datasets / "misa-pytorch" / "hopper" / "medium-v0").exists()
+    assert_the_build_stopped_cleanly(proc, err, datasets)
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -239,10 +249,7 @@ def test_a_kill_during_the_first_use_build_of_a_background_job_stops_the_builder
                                 env=env, stdout=fo, stderr=fe, start_new_session=True,
                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
         try:
-            deadline = time.time() + 180
-            while "step/s" not in err.read_text() and time.time() < deadline and proc.poll() is None:
-                time.sleep(0.2)  # until the builder is stepping its envs
-            assert proc.poll() is None, out.read_text() + err.read_text()
+            wait_until_it_writes(proc, err, "step/s")  # the builder is stepping its envs
             proc.send_signal(signal.SIGTERM)  # `kill PID` of the script, not of its process group
             deadline = time.time() + 60
             while "interrupted" not in err.read_text() and proc.poll() is None and time.time() < deadline:
@@ -254,13 +261,7 @@ def test_a_kill_during_the_first_use_build_of_a_background_job_stops_the_builder
                 os.killpg(proc.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-    stderr = err.read_text()
-    assert proc.returncode == 130, stderr
-    assert "Traceback" not in stderr, stderr
-    lines = [line for line in stderr.replace("\r", "\n").splitlines() if line.strip() and "step" not in line]
-    assert lines == ["interrupted: misa-pytorch/hopper/medium-v0 was not built, and nothing half-built was kept; "
-                     "run the same command again to build it"], stderr
-    assert not (datasets / "misa-pytorch" / "hopper" / "medium-v0").exists()
+    assert_the_build_stopped_cleanly(proc, err, datasets)
 
 
 # ------------------------------------------------------------------------------------------------ stopped twice
@@ -291,11 +292,7 @@ def test_a_second_stop_does_not_interrupt_the_checkpoint(script, datasets_root, 
                                          "1000000", "--eval-freq", "1000000", "--run-name", "run", *tiny],
                                         tmp_path, env, fo, fe)
         try:
-            deadline = time.time() + 180
-            while (not re.search(r"[0-9]step/s", err.read_text()) and time.time() < deadline
-                   and proc.poll() is None):
-                time.sleep(0.2)  # until the progress bar shows a training speed
-            assert proc.poll() is None, err.read_text()
+            wait_until_it_writes(proc, err, "[0-9]step/s")  # the progress bar shows a training speed
             ctrl_c_then_stop_again_and_again(proc, out, "interrupted at step")
         finally:
             if proc.poll() is None:
@@ -317,23 +314,14 @@ def test_a_second_stop_does_not_interrupt_the_builders_cleanup(tmp_path):
         proc = start_as_from_a_terminal([str(ROOT / "tools" / "make_dataset.py"), "hopper-medium", "--workers", "2"],
                                         tmp_path, env, fo, fe)
         try:
-            deadline = time.time() + 180
-            while "step/s" not in err.read_text() and time.time() < deadline and proc.poll() is None:
-                time.sleep(0.2)  # until it is stepping its envs
-            assert proc.poll() is None, out.read_text() + err.read_text()
+            wait_until_it_writes(proc, err, "step/s")  # it is stepping its envs
             ctrl_c_then_stop_again_and_again(proc, err, "interrupted:")
         finally:
             try:
                 os.killpg(proc.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-    stderr = err.read_text()
-    assert proc.returncode == 130 and "Traceback" not in stderr, stderr
-    lines = [line for line in stderr.replace("\r", "\n").splitlines() if line.strip() and "step" not in line]
-    assert lines == ["interrupted: misa-pytorch/hopper/medium-v0 was not built, and nothing half-built was kept; "
-                     "run the same command again to build it"], stderr
-    assert not (datasets / "misa-pytorch" / "hopper" / "medium-v0").exists()
-    assert not list(datasets.glob(".staging-*"))
+    assert_the_build_stopped_cleanly(proc, err, datasets)
 
 
 def test_a_second_stop_does_not_interrupt_the_behaviour_policys_checkpoint(tmp_path):
@@ -347,11 +335,7 @@ def test_a_second_stop_does_not_interrupt_the_behaviour_policys_checkpoint(tmp_p
     with open(out, "w") as fo, open(err, "w") as fe:
         proc = start_as_from_a_terminal(argv, tmp_path, env, fo, fe)
         try:
-            deadline = time.time() + 180
-            while (not re.search(r"[0-9]step/s", err.read_text()) and time.time() < deadline
-                   and proc.poll() is None):
-                time.sleep(0.2)  # until the progress bar shows a training speed
-            assert proc.poll() is None, err.read_text()
+            wait_until_it_writes(proc, err, "[0-9]step/s")  # the progress bar shows a training speed
             ctrl_c_then_stop_again_and_again(proc, out, "interrupted at step")
         finally:
             if proc.poll() is None:
