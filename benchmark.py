@@ -341,8 +341,12 @@ STOPPING = threading.Event()
 STOP_GRACE_S = 10.0  # how long a stopped grid waits for its scripts to stop by themselves before it stops them
 
 
-def stop_like_ctrl_c(signum, frame):
-    raise KeyboardInterrupt  # a kill or a cluster's preemption stops the grid as Ctrl-C does
+def stop_once(signum, frame):
+    # Ctrl-C, or SIGTERM (a kill or a cluster's preemption), stops the grid; later ones do nothing while the scripts save
+    # their checkpoints. Not SIG_IGN: Python raises an error for a signal that arrives just before such a switch.
+    if not STOPPING.is_set():
+        STOPPING.set()
+        raise KeyboardInterrupt
 
 
 def run_local(todo: list[Job], workers: int, threads: int, output_dir: Path, provenance, every_s: float,
@@ -362,9 +366,7 @@ def run_local(todo: list[Job], workers: int, threads: int, output_dir: Path, pro
             for future in as_completed(futures):
                 on_done(futures[future], *future.result())
                 recorded.add(future)
-        except KeyboardInterrupt:
-            signal.signal(signal.SIGINT, signal.SIG_IGN)  # the scripts are saving checkpoints: wait for them
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        except KeyboardInterrupt:  # the scripts are saving checkpoints: wait for them
             STOPPING.set()
             not_started = [futures[future] for future in futures if future.cancel()]
             running = [f for f in futures if not f.cancelled() and f not in recorded]
@@ -460,7 +462,9 @@ def main(args: Args) -> int:
     if args.ray_address:
         run_ray(todo, args.ray_address, output_dir, provenance, args.provenance_every_s, on_done)
     else:
-        signal.signal(signal.SIGTERM, stop_like_ctrl_c)
+        signal.signal(signal.SIGTERM, stop_once)
+        if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # a job started with Ctrl-C ignored keeps ignoring it
+            signal.signal(signal.SIGINT, stop_once)
         not_started = sum(len(job.runs) for job in run_local(todo, args.workers, threads, output_dir, provenance,
                                                              args.provenance_every_s, on_done))
     bar.close()

@@ -251,6 +251,20 @@ def test_ctrl_c_or_sigterm_stops_the_grid_and_resume_finishes_it(tmp_path, stop,
     assert "3 of 3 runs succeeded" in r.stdout
 
 
+
+def test_only_the_first_stop_counts():
+    """The first Ctrl-C or SIGTERM stops the grid; later ones must not interrupt the wait for the scripts' checkpoints
+    (a terminal's Ctrl-C often comes with a scheduler's SIGTERM, or twice)."""
+    benchmark.STOPPING.clear()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            benchmark.stop_once(signal.SIGINT, None)
+        assert benchmark.STOPPING.is_set()
+        benchmark.stop_once(signal.SIGTERM, None)  # returns: nothing raised
+        benchmark.stop_once(signal.SIGINT, None)
+    finally:
+        benchmark.STOPPING.clear()
+
 def write_run(root, name, scores):
     d = root / name
     d.mkdir(parents=True)
