@@ -277,20 +277,13 @@ def ctrl_c_then_stop_again_and_again(proc: subprocess.Popen, log: Path, last_wor
     proc.wait(timeout=120)
 
 
-@pytest.mark.parametrize("script", SCRIPTS)
-def test_a_second_stop_does_not_interrupt_the_checkpoint(script, datasets_root, tmp_path):
-    """A terminal's Ctrl-C reaches a run of benchmark.py's grid, and benchmark.py passes the stop on as SIGTERM: the
-    run stops on the first signal and ignores the rest, however late they come, so it saves a checkpoint that resumes
-    and exits 130, with no traceback from a second KeyboardInterrupt raised while it saves or exits."""
-    tiny = ["--batch-size", "32", "--hidden-dim", "32", "--eval-episodes", "1", "--final-eval-episodes", "1"]
-    if script == "misa_continuous.py":
-        tiny += ["--num-mc-samples", "4", "--mcmc-burnin", "2"]
+def train_stop_twice_and_check_the_checkpoint(argv: list[str], tmp_path: Path, checkpoint: Path) -> None:
+    """Starts a training command, stops it once it trains, then again and again while it saves: exit 130, no
+    traceback, and a checkpoint with the steps trained."""
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     out, err = tmp_path / "out.txt", tmp_path / "err.txt"
     with open(out, "w") as fo, open(err, "w") as fe:
-        proc = start_as_from_a_terminal([str(ROOT / script), "--env-id", "test/pendulum/energy-v0", "--total-timesteps",
-                                         "1000000", "--eval-freq", "1000000", "--run-name", "run", *tiny],
-                                        tmp_path, env, fo, fe)
+        proc = start_as_from_a_terminal(argv, tmp_path, env, fo, fe)
         try:
             wait_until_it_writes(proc, err, "[0-9]step/s")  # the progress bar shows a training speed
             ctrl_c_then_stop_again_and_again(proc, out, "interrupted at step")
@@ -299,7 +292,20 @@ def test_a_second_stop_does_not_interrupt_the_checkpoint(script, datasets_root, 
                 proc.kill()
     stderr = err.read_text()
     assert proc.returncode == 130 and "Traceback" not in stderr, stderr
-    assert torch.load(tmp_path / "runs" / "run" / "checkpoint.pt", weights_only=False)["step"] > 0
+    assert torch.load(checkpoint, weights_only=False)["step"] > 0
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_a_second_stop_does_not_interrupt_the_checkpoint(script, datasets_root, tmp_path):
+    """A terminal's Ctrl-C reaches a run of benchmark.py's grid, and benchmark.py passes the stop on as SIGTERM: the
+    run stops on the first signal and ignores the rest, however late they come, so it saves a checkpoint that resumes
+    and exits 130, with no traceback from a second KeyboardInterrupt raised while it saves or exits."""
+    tiny = ["--batch-size", "32", "--hidden-dim", "32", "--eval-episodes", "1", "--final-eval-episodes", "1"]
+    if script == "misa_continuous.py":
+        tiny += ["--num-mc-samples", "4", "--mcmc-burnin", "2"]
+    train_stop_twice_and_check_the_checkpoint([str(ROOT / script), "--env-id", "test/pendulum/energy-v0",
+                                               "--total-timesteps", "1000000", "--eval-freq", "1000000", "--run-name",
+                                               "run", *tiny], tmp_path, tmp_path / "runs" / "run" / "checkpoint.pt")
 
 
 def test_a_second_stop_does_not_interrupt_the_builders_cleanup(tmp_path):
@@ -327,22 +333,10 @@ def test_a_second_stop_does_not_interrupt_the_builders_cleanup(tmp_path):
 def test_a_second_stop_does_not_interrupt_the_behaviour_policys_checkpoint(tmp_path):
     """tools/train_behavior.py stopped, then stopped again and again while it saves: exit 130, no traceback, and a
     checkpoint that holds the steps trained."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-    out, err = tmp_path / "out.txt", tmp_path / "err.txt"
     argv = [str(ROOT / "tools" / "train_behavior.py"), "hopper", "--total-steps", "1000000", "--learning-starts", "200",
             "--eval-every", "1000000", "--checkpoint-every", "1000000", "--batch-size", "32", "--hidden-dim", "32",
             "--run-dir", str(tmp_path / "run"), "--out-dir", str(tmp_path / "out"), "--target-score", "99"]
-    with open(out, "w") as fo, open(err, "w") as fe:
-        proc = start_as_from_a_terminal(argv, tmp_path, env, fo, fe)
-        try:
-            wait_until_it_writes(proc, err, "[0-9]step/s")  # the progress bar shows a training speed
-            ctrl_c_then_stop_again_and_again(proc, out, "interrupted at step")
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-    stderr = err.read_text()
-    assert proc.returncode == 130 and "Traceback" not in stderr, stderr
-    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["step"] > 0
+    train_stop_twice_and_check_the_checkpoint(argv, tmp_path, tmp_path / "run" / "checkpoint.pt")
 
 
 # ------------------------------------------------------------------------------------------------ fidelity

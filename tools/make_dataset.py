@@ -47,7 +47,7 @@ except ImportError:
     fcntl = None
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_behavior import DEFAULT_OUT_DIR, ENVS, Actor, load_actor  # noqa: E402
+from train_behavior import DEFAULT_OUT_DIR, ENVS, Actor, load_actor, stop_on_the_first_signal  # noqa: E402
 
 TOOL_VERSION = "2.0"  # 2.0: the machine-independent sampler; 1.0 builds differ from machine to machine
 NAMESPACE = "misa-pytorch"  # project-owned; never Farama's mujoco/ or D4RL/
@@ -473,19 +473,6 @@ def build(name: str, args: Args, dataset_id: str) -> None:
           f"(normalised {normalized:.1f}), {time.time() - start:.1f} s")
 
 
-stop_requested = False
-
-
-def stop_once(signum, frame):
-    # The first Ctrl-C or SIGTERM stops the build; later ones do nothing, so that none interrupts the cleanup that
-    # keeps nothing half-built (a terminal's Ctrl-C and the SIGTERM that a parent passes on often both arrive). Not
-    # SIG_IGN: Python raises an error for a signal that arrives just before such a switch.
-    global stop_requested
-    if not stop_requested:
-        stop_requested = True
-        raise KeyboardInterrupt
-
-
 def main(args: Args) -> None:
     if args.list:
         list_datasets(Path(args.policies_dir))
@@ -505,9 +492,7 @@ def main(args: Args) -> None:
         fail(f"--dataset-id {dataset_id}: the mujoco/ and D4RL/ namespaces are Farama's; use your own")
     path = datasets_root() / dataset_id
     torch.set_num_threads(1)
-    signal.signal(signal.SIGTERM, stop_once)  # a kill stops the build as Ctrl-C does
-    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # a job started with Ctrl-C ignored keeps ignoring it
-        signal.signal(signal.SIGINT, stop_once)
+    stop_on_the_first_signal()  # a kill stops the build as Ctrl-C does
     try:
         with build_lock(dataset_id) as waited:
             if (path / "data").exists() and not args.overwrite:

@@ -325,19 +325,25 @@ stop_requested = False
 
 
 def stop_once(signum, frame):
-    # The first Ctrl-C or SIGTERM stops the training; later ones do nothing, so that none interrupts the checkpoint
-    # being saved (a terminal's Ctrl-C and the SIGTERM that a parent passes on often both arrive). Not SIG_IGN: Python
-    # raises an error for a signal that arrives just before such a switch.
+    # The first Ctrl-C or SIGTERM stops the work; later ones do nothing, so that none interrupts the cleanup (this
+    # trainer's checkpoint save, the dataset builder's ending of its workers): a terminal's Ctrl-C and the SIGTERM that
+    # a parent passes on often both arrive. Not SIG_IGN: Python raises an error for a signal that arrives just before
+    # such a switch.
     global stop_requested
     if not stop_requested:
         stop_requested = True
         raise KeyboardInterrupt
 
 
-def main(args: Args):
-    signal.signal(signal.SIGTERM, stop_once)  # a kill or a preemption checkpoints like Ctrl-C
+def stop_on_the_first_signal() -> None:
+    """Ctrl-C or SIGTERM (a kill, a preemption) raises KeyboardInterrupt once; also used by make_dataset.py."""
+    signal.signal(signal.SIGTERM, stop_once)
     if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # a job started with Ctrl-C ignored keeps ignoring it
         signal.signal(signal.SIGINT, stop_once)
+
+
+def main(args: Args):
+    stop_on_the_first_signal()  # a kill or a preemption checkpoints like Ctrl-C
     if args.total_steps <= args.learning_starts:
         sys.exit(f"error: --total-steps ({args.total_steps}) must exceed --learning-starts ({args.learning_starts})")
     for flag in ("eval_every", "eval_episodes", "checkpoint_every", "batch_size", "hidden_dim", "threads"):
