@@ -8,6 +8,8 @@ import shlex
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT
 
 
@@ -81,13 +83,14 @@ def test_the_committed_results_table_is_what_report_py_makes_of_the_committed_ru
     assert (tmp_path / "results.md").read_text() == (ROOT / "docs" / "results" / "results.md").read_text()
 
 
-def test_the_readme_shows_the_committed_final_score_table():
-    """README.md's results table is the final-score table of docs/results/results.md, line for line, so that the numbers
-    a newcomer reads first cannot fall behind the committed runs."""
+@pytest.mark.parametrize("page", ["README.md", "docs/results.md"])
+def test_the_pages_show_the_committed_final_score_table(page):
+    """README.md and docs/results.md open their results with the final-score table of docs/results/results.md, line for
+    line, so that the numbers a reader sees first cannot fall behind the committed runs."""
     report = (ROOT / "docs" / "results" / "results.md").read_text()
     section = report.split("## Final score (last evaluation)", 1)[1].split("\n## ", 1)[0]
     table = [line for line in section.splitlines() if line.startswith("|")]
-    readme = (ROOT / "README.md").read_text().splitlines()
-    assert len(table) == 12 and table[0] in readme  # the header, the rule, nine datasets, the total
-    start = readme.index(table[0])
-    assert readme[start:start + len(table)] == table
+    lines = (ROOT / page).read_text().splitlines()
+    assert len(table) == 12 and table[0] in lines  # the header, the rule, nine datasets, the total
+    start = lines.index(table[0])
+    assert lines[start:start + len(table)] == table
