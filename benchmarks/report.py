@@ -271,10 +271,17 @@ def main(args: Args) -> int:
     if not cells:
         print(f"error: no runs/*/evaluations.csv under {args.runs_dir}", file=sys.stderr)
         return 2
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        print(f"error: --out {out} is a file, not a directory", file=sys.stderr)
+        return 2
     summary = summarize(cells)
     algos = args.algos or sorted({a for a, _ in cells})
     envs = args.env_ids or sorted({e for _, e in cells})
-    out = Path(args.out)
+    for flag, named, found in (("--algos", algos, {a for a, _ in cells}), ("--env-ids", envs, {e for _, e in cells})):
+        if missing := [name for name in named if name not in found]:  # a typo, or a column still to be filled
+            print(f"note: no runs of {', '.join(missing)} ({flag}) under {args.runs_dir}, so they show as -; runs found "
+                  f"there: {', '.join(sorted(found))}", file=sys.stderr)
     out.mkdir(parents=True, exist_ok=True)
     (out / "profile.png").unlink(missing_ok=True)  # an earlier report's plot must not sit beside tables without one
     marked = sum(final for _, final in marks.values())

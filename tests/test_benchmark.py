@@ -299,6 +299,24 @@ def test_report_means_stds_finals_bests_and_png(tmp_path):
     assert "deterministic policy" in text and "Best score" in text
 
 
+def test_report_names_columns_without_runs_and_refuses_a_file_as_out(tmp_path):
+    """A misspelt --algos or --env-ids name would give a column or row of dashes with no word why: the report says which
+    names have no runs and which it found. --out naming a file is one line of error, not a traceback."""
+    runs = tmp_path / "runs"
+    write_run(runs, "hopper-medium__iql__1", [10, 50, 30])
+    report_py = [sys.executable, str(ROOT / "benchmarks" / "report.py"), "--runs-dir", str(runs)]
+    r = subprocess.run([*report_py, "--out", str(tmp_path / "out"), "--algos", "iql", "iqll", "--env-ids",
+                        "hopper-medium", "hoper-medium"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "no runs of iqll (--algos)" in r.stderr and "runs found there: iql" in r.stderr
+    assert "no runs of hoper-medium (--env-ids)" in r.stderr and "runs found there: hopper-medium" in r.stderr
+    assert "| hopper-medium | 30.0 ± 0.0 (1) | - |" in (tmp_path / "out" / "results.md").read_text()
+    (tmp_path / "a_file").write_text("x")
+    r = subprocess.run([*report_py, "--out", str(tmp_path / "a_file")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [f"error: --out {tmp_path / 'a_file'} is a file, "
+                                                                    "not a directory"]
+
+
 def test_report_robust_aggregates_iqm_probability_of_improvement_and_profile(tmp_path):
     from scipy.stats import trim_mean
 
