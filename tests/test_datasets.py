@@ -306,4 +306,6 @@ def test_evaluate_policy_reevaluates_and_rejects_unknown_names(tmp_path):
     mean = float(r.stdout.split("hopper-medium: ")[1].split()[0])
     assert mean > 500  # the medium policy hops (random policies score about 20)
     assert_clean_error(run_script("tools/evaluate_policy.py", "hopper-mediun", cwd=tmp_path, timeout=60),
-                       "hopper-mediun", "hopper-medium", "walker2d-expert")
+                       "no shipped policy named hopper-mediun", "hopper-medium", "walker2d-expert")
+    assert_clean_error(run_script("tools/evaluate_policy.py", "runs/x/checkpoint.pt", cwd=tmp_path, timeout=60),
+                       "no shipped policy named runs/x/checkpoint.pt", "names, not paths")

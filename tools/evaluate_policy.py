@@ -42,7 +42,8 @@ def main(args: Args) -> None:
         env = name.split("-", 1)[0]
         if env not in ENVS or not path.is_file():
             shipped = sorted(p.stem for p in Path(args.policies_dir).glob("*.pt"))
-            sys.exit(f"error: no policy {path}; shipped policies: {', '.join(shipped)}")
+            sys.exit(f"error: no shipped policy named {name} in {args.policies_dir} (this tool takes names, not paths); "
+                     f"shipped policies: {', '.join(shipped)}")
         actor, meta = load_actor(path)
         returns = evaluate(lambda obs: actor.act(obs, True, torch.device("cpu")), ENVS[env][0], args.episodes,
                            args.seed)
