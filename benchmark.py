@@ -245,6 +245,15 @@ def dataset_build(env_id: str) -> str:
     return f"{dataset_id}: make_dataset.py {built.group(3)}, {built.group(1)} episodes, mean return {built.group(2)}"
 
 
+def last_line(log: Path) -> str:
+    """The last non-empty line of a run's log (its error, for a run that failed; progress bars end lines with \\r)."""
+    try:
+        lines = [line.strip() for line in re.split(r"[\r\n]", log.read_text(errors="replace")) if line.strip()]
+    except OSError:
+        return "(no log)"
+    return lines[-1][:300] if lines else "(empty log)"
+
+
 def readable_command(command: list[str]) -> str:
     """The command as a person would type it: `python`, and the script relative to the repository when inside it."""
     script = Path(command[1])
@@ -453,7 +462,7 @@ def main(args: Args) -> int:
             tqdm.write(f"stopped {names} (interrupted; --resume continues it); log: {log}")
         elif returncode != 0:
             failed.extend((r, log) for r in job.runs)
-            tqdm.write(f"FAILED {names} (exit {returncode}); log: {log}")
+            tqdm.write(f"FAILED {names} (exit {returncode}): {last_line(log)}; log: {log}")
         else:
             tqdm.write(f"done   {names} in {wall_s / 60:.1f} min")
         bar.update(len(job.runs))
@@ -471,7 +480,7 @@ def main(args: Args) -> int:
     print(f"{to_run - len(failed) - len(stopped) - not_started} of {to_run} runs succeeded in "
           f"{time.time() - start:.0f} s")
     for run, log in failed:
-        print(f"  failed: {run.name}: {log}")
+        print(f"  failed: {run.name}: {last_line(log)} (log: {log})")
     if stopped or not_started:
         print(f"interrupted: {len(stopped)} runs stopped, {not_started} not started; continue the grid with the same "
               f"command and --resume")

@@ -60,7 +60,8 @@ def test_local_runs_report_failures_and_resume_skips_finished(tmp_path):
     r = run_benchmark(tmp_path, "--num-seeds", "2", "--start-seed", "12", "--workers", "2")
     assert r.returncode == 1
     assert "1 of 2 runs succeeded" in r.stdout
-    assert "failed: toy__fake_algo__13" in r.stdout and str(tmp_path / "runs" / "logs" / "toy__fake_algo__13.log") in r.stdout
+    log = tmp_path / "runs" / "logs" / "toy__fake_algo__13.log"
+    assert f"failed: toy__fake_algo__13: failing on purpose (log: {log})" in r.stdout  # its error, without opening the log
     assert "failing on purpose" in (tmp_path / "runs" / "logs" / "toy__fake_algo__13.log").read_text()
     assert (tmp_path / "runs" / "toy__fake_algo__12" / "evaluations.csv").exists()
     r = run_benchmark(tmp_path, "--num-seeds", "2", "--start-seed", "12", "--resume")
