@@ -76,8 +76,8 @@ def report(a: Path, b: Path, last: int) -> str:
 def main(args: Args) -> None:
     a, b = Path(args.run_a), Path(args.run_b)
     for run in (a, b):
-        if not run.is_dir():
-            sys.exit(f"error: {run} is not a run directory")
+        if not run.is_dir() or not ((run / "evaluations.csv").is_file() or any(run.glob("events.out.tfevents.*"))):
+            sys.exit(f"error: {run} is not a run directory (no evaluations.csv, no TensorBoard events)")
     text = report(a, b, args.last)
     print(text, end="")
     if args.out:

@@ -109,6 +109,10 @@ def test_compare_runs_reports_scalars_and_evaluations(tmp_path):
     r = run_script("benchmarks/compare_runs.py", str(tmp_path / "empty"), str(tmp_path / "empty"), cwd=tmp_path,
                    timeout=120)
     assert r.returncode != 0 and "error:" in r.stderr and "Traceback" not in r.stderr
+    # one real run against a folder that is not one (a typo'd path, its parent): refused, not a column of dashes
+    r = run_script("benchmarks/compare_runs.py", str(tmp_path / "a"), str(tmp_path / "empty"), cwd=tmp_path,
+                   timeout=120)
+    assert r.returncode != 0 and f"error: {tmp_path / 'empty'} is not a run directory" in r.stderr, r.stderr
 
 
 @pytest.mark.parametrize("name", list(CASES))
