@@ -62,7 +62,7 @@ def test_local_runs_report_failures_and_resume_skips_finished(tmp_path):
     assert "1 of 2 runs succeeded" in r.stdout
     log = tmp_path / "runs" / "logs" / "toy__fake_algo__13.log"
     assert f"failed: toy__fake_algo__13: failing on purpose (log: {log})" in r.stdout  # its error, without opening the log
-    assert "failing on purpose" in (tmp_path / "runs" / "logs" / "toy__fake_algo__13.log").read_text()
+    assert "failing on purpose" in log.read_text()
     assert (tmp_path / "runs" / "toy__fake_algo__12" / "evaluations.csv").exists()
     r = run_benchmark(tmp_path, "--num-seeds", "2", "--start-seed", "12", "--resume")
     assert "2 runs in the grid, 1 already complete, 1 to run" in r.stdout
