@@ -276,9 +276,10 @@ def main(args: Args) -> int:
         print(f"error: --out {out} is a file, not a directory", file=sys.stderr)
         return 2
     summary = summarize(cells)
-    algos = args.algos or sorted({a for a, _ in cells})
-    envs = args.env_ids or sorted({e for _, e in cells})
-    for flag, named, found in (("--algos", algos, {a for a, _ in cells}), ("--env-ids", envs, {e for _, e in cells})):
+    found_algos, found_envs = {a for a, _ in cells}, {e for _, e in cells}
+    algos = args.algos or sorted(found_algos)
+    envs = args.env_ids or sorted(found_envs)
+    for flag, named, found in (("--algos", algos, found_algos), ("--env-ids", envs, found_envs)):
         if missing := [name for name in named if name not in found]:  # a typo, or a column still to be filled
             print(f"note: no runs of {', '.join(missing)} ({flag}) under {args.runs_dir}, so they show as -; runs found "
                   f"there: {', '.join(sorted(found))}", file=sys.stderr)
