@@ -247,6 +247,32 @@ def test_a_write_that_fails_leaves_nothing_behind(datasets_root, monkeypatch):
     assert not list(datasets_root.glob(".staging-*"))
 
 
+def test_a_stop_that_cuts_a_workers_reply_in_half_still_ends_the_workers(monkeypatch):
+    """A Ctrl-C can land while the builder reads a worker's reply from its pipe; gymnasium's close() then reads the
+    rest of that reply, fails to parse it (EOFError) and never ends the workers. The stop must still end the build as
+    a KeyboardInterrupt, its one line, with every worker process ended."""
+    import gymnasium.vector
+
+    made, calls = [], []
+
+    class StoppedInAReply(gymnasium.vector.AsyncVectorEnv):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+        def step_wait(self, timeout=None):  # the stop lands in the first read; close() then finds half a reply
+            calls.append(timeout)
+            raise KeyboardInterrupt if len(calls) == 1 else EOFError("Ran out of input")
+
+    monkeypatch.setattr(gymnasium.vector, "AsyncVectorEnv", StoppedInAReply)
+    env_id = make_dataset.ENVS["hopper"][0]
+    with pytest.raises(KeyboardInterrupt):
+        make_dataset.collect(env_id, make_dataset.random_actor(11, 3, 32, 0), 100, 0, 2, 2, "test")
+    assert len(made) == 1 and calls == [None, 0]  # the step, then close(terminate=True)'s zero-timeout wait
+    assert made[0].processes and not any(p.is_alive() for p in made[0].processes)
+    assert made[0].closed  # so that gymnasium does not close it again when it is collected, and print that failure
+
+
 def test_list_and_bad_names(datasets_root, tmp_path):
     r = run_script("tools/make_dataset.py", "--list", cwd=tmp_path, timeout=60)
     assert r.returncode == 0 and "walker2d-medium-replay" in r.stdout and "misa-pytorch/hopper/random-v0" in r.stdout

@@ -343,7 +343,15 @@ def collect(env_id: str, policy: Actor, num_steps: int, seed: int, num_envs: int
     except BaseException:  # interrupted, perhaps mid-step: end the workers at once, without waiting on them
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            envs.close(terminate=True)
+            try:
+                envs.close(terminate=True)
+            except Exception:  # the stop cut a worker's reply in half, and close() failed to read the rest of it
+                for process in getattr(envs, "processes", []):
+                    process.terminate()
+                    process.join()
+                for pipe in getattr(envs, "parent_pipes", []):
+                    pipe.close()
+                envs.closed = True  # as close() would have set it; else gymnasium tries again, and fails again, at exit
         raise
     envs.close()
     for ep in current:  # cut at the budget, like D4RL's timeouts at 1M
