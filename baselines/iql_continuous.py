@@ -28,6 +28,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Literal, Optional
@@ -252,8 +253,7 @@ def load_dataset(env_id: str):
         try:
             returncode = build.wait()
         except KeyboardInterrupt:  # Ctrl-C reaches the builder too, which says so in one line and keeps nothing
-            # While it cleans up, more Ctrl-Cs or SIGTERMs do nothing: main() set stop_once, which stops only once
-            # (not SIG_IGN, which raises an error for a signal that arrives just before the switch).
+            take_the_stop()  # while it cleans up, more Ctrl-Cs or SIGTERMs do nothing (main() set stop_once)
             try:
                 returncode = build.wait(timeout=10)
             except subprocess.TimeoutExpired:  # only this process was signalled (a kill): pass it on
@@ -390,10 +390,44 @@ def make_eval_envs(dataset, env_id: str, num_envs: int, asynchronous: bool) -> g
     itself when its episode ends, with the seed of the episode it runs next. `asynchronous` steps each env in a worker
     process of its own (forked, so nothing is pickled), which pays where the machine has cores to spare."""
     make_eval_env(dataset, env_id).close()  # built here once first, so that an env that cannot be built is one line
-    env_fns = [lambda: make_eval_env(dataset, env_id)] * num_envs
-    if asynchronous:
-        return gym.vector.AsyncVectorEnv(env_fns, context="fork", autoreset_mode=gym.vector.AutoresetMode.DISABLED)
-    return gym.vector.SyncVectorEnv(env_fns, autoreset_mode=gym.vector.AutoresetMode.DISABLED)
+    if not asynchronous:
+        return gym.vector.SyncVectorEnv([lambda: make_eval_env(dataset, env_id)] * num_envs,
+                                        autoreset_mode=gym.vector.AutoresetMode.DISABLED)
+    stops, main_process = {signal.SIGINT, signal.SIGTERM}, os.getpid()
+
+    def make_in_worker():
+        # A terminal's Ctrl-C reaches every process of the job. The workers leave the stop to this process, which ends
+        # them and saves its checkpoint; SIGTERM ends a worker at once, as gymnasium's close(terminate=True) expects.
+        # (gymnasium also calls this once in this process, to read the spaces, where the stop handlers must stay.)
+        if os.getpid() != main_process:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
+        return make_eval_env(dataset, env_id)
+
+    # The workers are forked with the stops blocked, so that none takes one for its own before its handlers are set.
+    signal.pthread_sigmask(signal.SIG_BLOCK, stops)
+    try:
+        return gym.vector.AsyncVectorEnv([make_in_worker] * num_envs, context="fork",
+                                         autoreset_mode=gym.vector.AutoresetMode.DISABLED)
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)  # a stop that came meanwhile is taken now
+
+
+def end_eval_envs(envs: gym.vector.VectorEnv) -> None:
+    """Ends the evaluation envs without waiting on them, as a stop must. A stop can land while this process reads a
+    worker's reply; gymnasium's close() then fails to read the rest of it, and the workers are ended here instead."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # gymnasium warns that it closes envs in the middle of a step
+        try:
+            envs.close(terminate=True)
+        except Exception:
+            for process in getattr(envs, "processes", []):
+                process.terminate()
+                process.join()
+            for pipe in getattr(envs, "parent_pipes", []):
+                pipe.close()
+            envs.closed = True  # as close() would have set it; else gymnasium tries again, and fails again, at exit
 
 
 def reference_scores(dataset) -> tuple[Optional[float], Optional[float], str]:
@@ -866,17 +900,26 @@ def load_checkpoints(path: str) -> tuple[Args, list[dict], list[Path]]:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-stop_requested = False
+stop_taken = False  # set by the code that handles a stop, first thing (take_the_stop)
+last_stop_raised = float("-inf")
 
 
 def stop_once(signum, frame):
-    # The first Ctrl-C or SIGTERM stops the run; later ones do nothing, so that nothing interrupts the checkpoint being
-    # written (benchmark.py passes a stop on to its runs, which a terminal's Ctrl-C may already have reached). Not
-    # SIG_IGN: Python raises an error for a signal that arrives just before such a switch.
-    global stop_requested
-    if not stop_requested:
-        stop_requested = True
+    # A Ctrl-C or SIGTERM stops the run by raising KeyboardInterrupt. Once the code that handles it has taken it, later
+    # ones do nothing, so that nothing interrupts the checkpoint being written (benchmark.py passes a stop on to its
+    # runs, which a terminal's Ctrl-C may already have reached); nor do those in the second after one is raised, while
+    # it travels to that code. A stop raised where Python swallows exceptions (a weakref callback or a __del__, which
+    # print "Exception ignored") is thus not the last: the next Ctrl-C stops the run. Not SIG_IGN: Python raises an
+    # error for a signal that arrives just before such a switch.
+    global last_stop_raised
+    if not stop_taken and time.monotonic() - last_stop_raised > 1.0:
+        last_stop_raised = time.monotonic()
         raise KeyboardInterrupt
+
+
+def take_the_stop() -> None:
+    global stop_taken
+    stop_taken = True
 
 
 def main(args: Args) -> None:
@@ -1036,12 +1079,15 @@ def main(args: Args) -> None:
                     save_checkpoints(run_dirs, run_names, agent, step, args)
                 eval_seconds += time.time() - eval_start
     except KeyboardInterrupt:
+        take_the_stop()
         bar.close()
+        end_eval_envs(eval_envs)  # first: a non-finite loss found below exits at once
         check_finite()
         save_checkpoints(run_dirs, run_names, agent, step, args)
         print(f"\ninterrupted at step {step}; saved {', '.join(map(str, checkpoint_paths))}; "
               f"continue with --resume {checkpoint_paths[0]}")
         sys.exit(130)
+    take_the_stop()  # trained and saved: a stop while the logs and envs close changes nothing
     bar.close()
     for writer in writers:
         writer.close()
@@ -1052,4 +1098,9 @@ def main(args: Args) -> None:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    try:
+        main(tyro.cli(Args))
+    except KeyboardInterrupt:  # a stop in the training loop saves a checkpoint there; this one came before the loop
+        take_the_stop()
+        print("interrupted before training began; nothing was trained", file=sys.stderr)
+        sys.exit(130)
