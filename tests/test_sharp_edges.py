@@ -330,6 +330,59 @@ def test_a_second_stop_does_not_interrupt_the_builders_cleanup(tmp_path):
     assert_the_build_stopped_cleanly(proc, err, datasets)
 
 
+BUILD_WITH_A_SWALLOWED_CTRL_C = """
+import os, runpy, signal, sys, time
+sys.path.insert(0, os.path.dirname(sys.argv[1]))
+import train_behavior
+load_actor = train_behavior.load_actor
+
+
+class SwallowsAStop:
+    def __del__(self):  # an exception raised in a __del__ is printed as 'Exception ignored' and goes no further
+        os.killpg(0, signal.SIGINT)  # a terminal's Ctrl-C: stop_once raises KeyboardInterrupt here
+        time.sleep(0.01)
+
+
+def a_swallowed_ctrl_c_while_loading_the_policy(*args, **kwargs):
+    SwallowsAStop()
+    return load_actor(*args, **kwargs)
+
+
+train_behavior.load_actor = a_swallowed_ctrl_c_while_loading_the_policy  # before make_dataset.py imports it
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_a_builder_stop_that_python_swallowed_is_not_the_last(tmp_path):
+    """tools/make_dataset.py (and train_behavior.py, whose stop handler it shares) used to take a stop that Python
+    dropped (raised in a __del__ or a weakref callback) as its one stop, and then built on, ignoring every later Ctrl-C
+    and SIGTERM; a script waiting on that build could not stop it either. The next Ctrl-C now stops the build."""
+    datasets = tmp_path / "minari"
+    env = dict(os.environ, MINARI_DATASETS_PATH=str(datasets), PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    (tmp_path / "wrapper.py").write_text(BUILD_WITH_A_SWALLOWED_CTRL_C)
+    out, err = tmp_path / "out.txt", tmp_path / "err.txt"
+    with open(out, "w") as fo, open(err, "w") as fe:
+        proc = start_as_from_a_terminal([str(tmp_path / "wrapper.py"), str(ROOT / "tools" / "make_dataset.py"),
+                                         "hopper-medium"], tmp_path, env, fo, fe)
+        try:
+            wait_until_it_writes(proc, err, "Exception ignored")
+            wait_until_it_writes(proc, err, "step/s")  # it builds on
+            time.sleep(1.5)  # a stop in the second after one was raised is taken as the same stop
+            os.killpg(proc.pid, signal.SIGINT)
+            proc.wait(timeout=120)  # the old builder went on to build the whole dataset
+        finally:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    stderr = err.read_text()
+    assert proc.returncode == 130, stderr
+    lines = [line for line in stderr.replace("\r", "\n").splitlines() if line.strip() and "step" not in line]
+    assert lines[-1] == ("interrupted: misa-pytorch/hopper/medium-v0 was not built, and nothing half-built was kept; "
+                         "run the same command again to build it"), stderr
+    assert not (datasets / "misa-pytorch" / "hopper" / "medium-v0").exists()
+
 def test_a_second_stop_does_not_interrupt_the_behaviour_policys_checkpoint(tmp_path):
     """tools/train_behavior.py stopped, then stopped again and again while it saves: exit 130, no traceback, and a
     checkpoint that holds the steps trained."""

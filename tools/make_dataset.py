@@ -47,7 +47,8 @@ except ImportError:
     fcntl = None
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_behavior import DEFAULT_OUT_DIR, ENVS, Actor, load_actor, stop_on_the_first_signal  # noqa: E402
+from train_behavior import (DEFAULT_OUT_DIR, ENVS, Actor, load_actor, stop_on_the_first_signal,  # noqa: E402
+                            take_the_stop)
 
 TOOL_VERSION = "2.0"  # 2.0: the machine-independent sampler; 1.0 builds differ from machine to machine
 NAMESPACE = "misa-pytorch"  # project-owned; never Farama's mujoco/ or D4RL/
@@ -341,6 +342,7 @@ def collect(env_id: str, policy: Actor, num_steps: int, seed: int, num_envs: int
             bar.update(min(num_envs, bar.total - bar.n))
         bar.close()
     except BaseException:  # interrupted, perhaps mid-step: end the workers at once, without waiting on them
+        take_the_stop()  # a stop now would cut the ending of the workers short
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
@@ -509,6 +511,7 @@ def main(args: Args) -> None:
                 return
             build(args.name, args, dataset_id)
     except KeyboardInterrupt:
+        take_the_stop()
         print(f"\ninterrupted: {dataset_id} was not built, and nothing half-built was kept; run the same command "
               f"again to build it", file=sys.stderr)
         sys.exit(130)

@@ -31,6 +31,7 @@ import random
 import shlex
 import signal
 import sys
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal, Optional
@@ -321,22 +322,31 @@ class CUDAGraphStep:
             self.graph.replay()
 
 
-stop_requested = False
+stop_taken = False  # set by the code that handles a stop, first thing (take_the_stop)
+last_stop_raised = float("-inf")
 
 
 def stop_once(signum, frame):
-    # The first Ctrl-C or SIGTERM stops the work; later ones do nothing, so that none interrupts the cleanup (this
-    # trainer's checkpoint save, the dataset builder's ending of its workers): a terminal's Ctrl-C and the SIGTERM that
-    # a parent passes on often both arrive. Not SIG_IGN: Python raises an error for a signal that arrives just before
-    # such a switch.
-    global stop_requested
-    if not stop_requested:
-        stop_requested = True
+    # A Ctrl-C or SIGTERM stops the work by raising KeyboardInterrupt. Once the code that handles it has taken it, later
+    # ones do nothing, so that none interrupts the cleanup (this trainer's checkpoint save, the dataset builder's ending
+    # of its workers): a terminal's Ctrl-C and the SIGTERM that a parent passes on often both arrive. Nor do those in the
+    # second after one is raised, while it travels to that code. A stop raised where Python swallows exceptions (a
+    # weakref callback or a __del__, which print "Exception ignored") is thus not the last: the next Ctrl-C stops the
+    # work. Not SIG_IGN: Python raises an error for a signal that arrives just before such a switch.
+    global last_stop_raised
+    if not stop_taken and time.monotonic() - last_stop_raised > 1.0:
+        last_stop_raised = time.monotonic()
         raise KeyboardInterrupt
 
 
+def take_the_stop() -> None:
+    """Called first by the code that handles a stop (here and in make_dataset.py): later stops then do nothing."""
+    global stop_taken
+    stop_taken = True
+
+
 def stop_on_the_first_signal() -> None:
-    """Ctrl-C or SIGTERM (a kill, a preemption) raises KeyboardInterrupt once; also used by make_dataset.py."""
+    """Ctrl-C or SIGTERM (a kill, a preemption) raises KeyboardInterrupt (stop_once); also used by make_dataset.py."""
     signal.signal(signal.SIGTERM, stop_once)
     if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # a job started with Ctrl-C ignored keeps ignoring it
         signal.signal(signal.SIGINT, stop_once)
@@ -528,6 +538,7 @@ def main(args: Args):
         finish(f"reached --total-steps {args.total_steps}", step, returns)
         save_checkpoint()
     except KeyboardInterrupt:
+        take_the_stop()
         # The episode in progress is cut: mark it truncated so the recorded stream stays a set of whole episodes.
         if replay.size and not (replay.terminations[replay.size - 1] or replay.truncations[replay.size - 1]):
             replay.truncations[replay.size - 1] = True
