@@ -330,17 +330,22 @@ def test_a_second_stop_does_not_interrupt_the_builders_cleanup(tmp_path):
     assert_the_build_stopped_cleanly(proc, err, datasets)
 
 
-BUILD_WITH_A_SWALLOWED_CTRL_C = """
-import os, runpy, signal, sys, time
-sys.path.insert(0, os.path.dirname(sys.argv[1]))
-import train_behavior
-load_actor = train_behavior.load_actor
+# A stop that Python swallows: KeyboardInterrupt raised inside a __del__ (as inside a weakref callback).
+SWALLOWS_A_STOP = """
+import os, signal, time
 
 
 class SwallowsAStop:
     def __del__(self):  # an exception raised in a __del__ is printed as 'Exception ignored' and goes no further
         os.killpg(0, signal.SIGINT)  # a terminal's Ctrl-C: stop_once raises KeyboardInterrupt here
         time.sleep(0.01)
+"""
+
+BUILD_WITH_A_SWALLOWED_CTRL_C = SWALLOWS_A_STOP + """
+import os, runpy, sys
+sys.path.insert(0, os.path.dirname(sys.argv[1]))
+import train_behavior
+load_actor = train_behavior.load_actor
 
 
 def a_swallowed_ctrl_c_while_loading_the_policy(*args, **kwargs):
@@ -478,16 +483,10 @@ def test_ctrl_c_before_training_began_is_one_line(script, datasets_root, tmp_pat
     assert proc.returncode == 130 and lines == ["interrupted before training began; nothing was trained"], stderr
     assert not (tmp_path / "runs" / "run" / "checkpoint.pt").exists()
 
-CTRL_C_THAT_PYTHON_SWALLOWS = """
-import os, runpy, signal, sys, time
+CTRL_C_THAT_PYTHON_SWALLOWS = SWALLOWS_A_STOP + """
+import runpy, sys
 import minari
 load_dataset = minari.load_dataset
-
-
-class SwallowsAStop:
-    def __del__(self):  # an exception raised in a __del__ is printed as 'Exception ignored' and goes no further
-        os.killpg(0, signal.SIGINT)  # a terminal's Ctrl-C: stop_once raises KeyboardInterrupt here
-        time.sleep(0.01)
 
 
 def a_swallowed_ctrl_c_while_loading(*args, **kwargs):
