@@ -1131,7 +1131,7 @@ def main(args: Args) -> None:
         print(f"\ninterrupted at step {step}; saved {', '.join(map(str, checkpoint_paths))}; "
               f"continue with --resume {checkpoint_paths[0]}")
         sys.exit(130)
-    take_the_stop()  # trained and saved: a stop while the logs and envs close changes nothing
+    take_the_stop()  # training is over: a stop while the logs and envs close would change nothing
     bar.close()
     for writer in writers:
         writer.close()
