@@ -198,12 +198,62 @@ def start_as_from_a_terminal(argv: list[str], cwd: Path, env: dict, stdout, stde
                             start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
+def kill_the_process_group(proc: subprocess.Popen) -> None:
+    """Ends what a test started (the process and any builder or workers of its group), whether or not it still runs."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
 def wait_until_it_writes(proc: subprocess.Popen, log: Path, pattern: str) -> None:
     """Waits (at most 180 s) until `log` matches the regular expression `pattern`; fails if the process ended first."""
     deadline = time.time() + 180
     while not re.search(pattern, log.read_text()) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
     assert proc.poll() is None and re.search(pattern, log.read_text()), log.read_text()
+
+
+RUN_THE_WRAPPED_COMMAND = """
+import runpy, sys
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def run_wrapped(wrapper: str, argv: list[str], tmp_path: Path, env: dict,
+                then=None) -> tuple[subprocess.Popen, str, str]:
+    """Runs the command `argv` (a script and its arguments) under a wrapper (Python lines that patch something first)
+    as from a terminal; `then(proc, err)` acts while it runs. Waits at most 120 s for the end; returns the process,
+    its stdout and its stderr."""
+    (tmp_path / "wrapper.py").write_text(wrapper + RUN_THE_WRAPPED_COMMAND)
+    out, err = tmp_path / "out.txt", tmp_path / "err.txt"
+    with open(out, "w") as fo, open(err, "w") as fe:
+        proc = start_as_from_a_terminal([str(tmp_path / "wrapper.py"), *argv], tmp_path, env, fo, fe)
+        try:
+            if then is not None:
+                then(proc, err)
+            proc.wait(timeout=120)
+        finally:  # a failed case must not leave the command or its workers running
+            kill_the_process_group(proc)
+    return proc, out.read_text(), err.read_text()
+
+
+# A stop that Python swallows: KeyboardInterrupt raised inside a __del__ (as inside a weakref callback).
+SWALLOWS_A_STOP = """
+import os, signal, time
+
+
+class SwallowsAStop:
+    def __del__(self):  # an exception raised in a __del__ is printed as 'Exception ignored' and goes no further
+        os.killpg(0, signal.SIGINT)  # a terminal's Ctrl-C: stop_once raises KeyboardInterrupt here
+        time.sleep(0.01)
+"""
+
+
+def ctrl_c_once_the_first_is_swallowed(proc: subprocess.Popen, err: Path) -> None:
+    wait_until_it_writes(proc, err, "Exception ignored")
+    time.sleep(1.5)  # a stop in the second after one was raised is taken as the same stop
+    os.killpg(proc.pid, signal.SIGINT)
 
 
 def assert_the_build_stopped_cleanly(proc: subprocess.Popen, err: Path, datasets: Path) -> None:
@@ -229,10 +279,7 @@ def test_ctrl_c_during_the_first_use_build_is_one_line_and_keeps_nothing(script,
             os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the script and the builder get it
             proc.wait(timeout=120)
         finally:  # a failed case must not leave the script (and its builder) building and then training
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            kill_the_process_group(proc)
     assert_the_build_stopped_cleanly(proc, err, datasets)
 
 
@@ -257,10 +304,7 @@ def test_a_kill_during_the_first_use_build_of_a_background_job_stops_the_builder
                 time.sleep(0.05)
             proc.wait(timeout=60)  # the builder stepped on for its whole build before the fix
         finally:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            kill_the_process_group(proc)
     assert_the_build_stopped_cleanly(proc, err, datasets)
 
 
@@ -323,26 +367,12 @@ def test_a_second_stop_does_not_interrupt_the_builders_cleanup(tmp_path):
             wait_until_it_writes(proc, err, "step/s")  # it is stepping its envs
             ctrl_c_then_stop_again_and_again(proc, err, "interrupted:")
         finally:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            kill_the_process_group(proc)
     assert_the_build_stopped_cleanly(proc, err, datasets)
 
 
-# A stop that Python swallows: KeyboardInterrupt raised inside a __del__ (as inside a weakref callback).
-SWALLOWS_A_STOP = """
-import os, signal, time
-
-
-class SwallowsAStop:
-    def __del__(self):  # an exception raised in a __del__ is printed as 'Exception ignored' and goes no further
-        os.killpg(0, signal.SIGINT)  # a terminal's Ctrl-C: stop_once raises KeyboardInterrupt here
-        time.sleep(0.01)
-"""
-
 BUILD_WITH_A_SWALLOWED_CTRL_C = SWALLOWS_A_STOP + """
-import os, runpy, sys
+import os, sys
 sys.path.insert(0, os.path.dirname(sys.argv[1]))
 import train_behavior
 load_actor = train_behavior.load_actor
@@ -354,39 +384,29 @@ def a_swallowed_ctrl_c_while_loading_the_policy(*args, **kwargs):
 
 
 train_behavior.load_actor = a_swallowed_ctrl_c_while_loading_the_policy  # before make_dataset.py imports it
-sys.argv = sys.argv[1:]
-runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
 def test_a_builder_stop_that_python_swallowed_is_not_the_last(tmp_path):
     """tools/make_dataset.py (and train_behavior.py, whose stop handler it shares) used to take a stop that Python
     dropped (raised in a __del__ or a weakref callback) as its one stop, and then built on, ignoring every later Ctrl-C
-    and SIGTERM; a script waiting on that build could not stop it either. The next Ctrl-C now stops the build."""
+    and SIGTERM; a script waiting on that build could not stop it either (the old builder ran past the 120 s wait on
+    it, building the whole dataset). The next Ctrl-C now stops the build."""
     datasets = tmp_path / "minari"
     env = dict(os.environ, MINARI_DATASETS_PATH=str(datasets), PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-    (tmp_path / "wrapper.py").write_text(BUILD_WITH_A_SWALLOWED_CTRL_C)
-    out, err = tmp_path / "out.txt", tmp_path / "err.txt"
-    with open(out, "w") as fo, open(err, "w") as fe:
-        proc = start_as_from_a_terminal([str(tmp_path / "wrapper.py"), str(ROOT / "tools" / "make_dataset.py"),
-                                         "hopper-medium"], tmp_path, env, fo, fe)
-        try:
-            wait_until_it_writes(proc, err, "Exception ignored")
-            wait_until_it_writes(proc, err, "step/s")  # it builds on
-            time.sleep(1.5)  # a stop in the second after one was raised is taken as the same stop
-            os.killpg(proc.pid, signal.SIGINT)
-            proc.wait(timeout=120)  # the old builder went on to build the whole dataset
-        finally:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-    stderr = err.read_text()
+
+    def ctrl_c_again_once_it_builds_on(proc: subprocess.Popen, err: Path) -> None:
+        wait_until_it_writes(proc, err, "step/s")
+        ctrl_c_once_the_first_is_swallowed(proc, err)
+
+    proc, _, stderr = run_wrapped(BUILD_WITH_A_SWALLOWED_CTRL_C, [str(ROOT / "tools" / "make_dataset.py"),
+                                  "hopper-medium"], tmp_path, env, then=ctrl_c_again_once_it_builds_on)
     assert proc.returncode == 130, stderr
     lines = [line for line in stderr.replace("\r", "\n").splitlines() if line.strip() and "step" not in line]
     assert lines[-1] == ("interrupted: misa-pytorch/hopper/medium-v0 was not built, and nothing half-built was kept; "
                          "run the same command again to build it"), stderr
     assert not (datasets / "misa-pytorch" / "hopper" / "medium-v0").exists()
+
 
 def test_a_second_stop_does_not_interrupt_the_behaviour_policys_checkpoint(tmp_path):
     """tools/train_behavior.py stopped, then stopped again and again while it saves: exit 130, no traceback, and a
@@ -402,9 +422,19 @@ def test_a_second_stop_does_not_interrupt_the_behaviour_policys_checkpoint(tmp_p
 # terminal's Ctrl-C reaches too. These wrappers run a script as a user would, with that machine's evaluation and a
 # real Ctrl-C to the script's process group at a chosen moment.
 CTRL_C_WHILE_THE_WORKERS_STEP = """
-import os, runpy, signal, sys
+import os, signal, time
 import gymnasium.vector
+from gymnasium.envs.classic_control.pendulum import PendulumEnv
 os.cpu_count = lambda: 8  # evaluation in worker processes, as on a machine with cores to spare
+pendulum_step = PendulumEnv.step
+
+
+def a_slow_step(self, action):  # so that the workers are still stepping when the Ctrl-C lands
+    time.sleep(0.05)
+    return pendulum_step(self, action)
+
+
+PendulumEnv.step = a_slow_step
 
 
 class CtrlCWhileTheWorkersStep(gymnasium.vector.AsyncVectorEnv):
@@ -418,48 +448,38 @@ class CtrlCWhileTheWorkersStep(gymnasium.vector.AsyncVectorEnv):
 
 
 gymnasium.vector.AsyncVectorEnv = CtrlCWhileTheWorkersStep
-sys.argv = sys.argv[1:]
-runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
-CTRL_C_WHILE_LOADING_THE_DATASET = """
-import os, runpy, signal, sys
+
+def while_the_dataset_loads(action: str) -> str:
+    """A wrapper's lines that run `action` (one line of Python) each time the script loads its dataset with Minari,
+    before training began."""
+    return f"""
+import os, signal
 import minari
 load_dataset = minari.load_dataset
 
 
-def ctrl_c_while_loading(*args, **kwargs):
-    os.killpg(0, signal.SIGINT)  # a terminal's Ctrl-C while the dataset loads, before training began
+def load_dataset_after_the_action(*args, **kwargs):
+    {action}
     return load_dataset(*args, **kwargs)
 
 
-minari.load_dataset = ctrl_c_while_loading
-sys.argv = sys.argv[1:]
-runpy.run_path(sys.argv[0], run_name="__main__")
+minari.load_dataset = load_dataset_after_the_action
 """
 
 
+CTRL_C_WHILE_LOADING_THE_DATASET = while_the_dataset_loads("os.killpg(0, signal.SIGINT)  # a terminal's Ctrl-C")
+
+
 def run_with_a_ctrl_c(wrapper: str, script: str, tmp_path: Path, then=None) -> tuple[subprocess.Popen, str, str]:
-    (tmp_path / "wrapper.py").write_text(wrapper)
+    """A training script at tiny sizes on the test dataset, evaluating every 3 steps, under `wrapper`."""
     tiny = ["--batch-size", "32", "--hidden-dim", "32", "--eval-episodes", "2", "--final-eval-episodes", "2"]
     if script == "misa_continuous.py":
         tiny += ["--num-mc-samples", "4", "--mcmc-burnin", "2"]
-    argv = [str(tmp_path / "wrapper.py"), str(ROOT / script), "--env-id", "test/pendulum/energy-v0",
-            "--total-timesteps", "1000000", "--eval-freq", "3", "--run-name", "run", *tiny]
-    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-    out, err = tmp_path / "out.txt", tmp_path / "err.txt"
-    with open(out, "w") as fo, open(err, "w") as fe:
-        proc = start_as_from_a_terminal(argv, tmp_path, env, fo, fe)
-        try:
-            if then is not None:
-                then(proc, err)
-            proc.wait(timeout=120)
-        finally:  # a failed case must not leave the script or its workers running
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-    return proc, out.read_text(), err.read_text()
+    argv = [str(ROOT / script), "--env-id", "test/pendulum/energy-v0", "--total-timesteps", "1000000",
+            "--eval-freq", "3", "--run-name", "run", *tiny]
+    return run_wrapped(wrapper, argv, tmp_path, dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1"), then)
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -483,21 +503,8 @@ def test_ctrl_c_before_training_began_is_one_line(script, datasets_root, tmp_pat
     assert proc.returncode == 130 and lines == ["interrupted before training began; nothing was trained"], stderr
     assert not (tmp_path / "runs" / "run" / "checkpoint.pt").exists()
 
-CTRL_C_THAT_PYTHON_SWALLOWS = SWALLOWS_A_STOP + """
-import runpy, sys
-import minari
-load_dataset = minari.load_dataset
 
-
-def a_swallowed_ctrl_c_while_loading(*args, **kwargs):
-    SwallowsAStop()
-    return load_dataset(*args, **kwargs)
-
-
-minari.load_dataset = a_swallowed_ctrl_c_while_loading
-sys.argv = sys.argv[1:]
-runpy.run_path(sys.argv[0], run_name="__main__")
-"""
+CTRL_C_THAT_PYTHON_SWALLOWS = SWALLOWS_A_STOP + while_the_dataset_loads("SwallowsAStop()")
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -506,15 +513,9 @@ def test_a_stop_that_python_swallowed_is_not_the_last(script, datasets_root, tmp
     dataset loads, in 2 of 12 Ctrl-Cs at random moments). The run used to take that stop as its one stop, so it trained
     on and ignored every later Ctrl-C and SIGTERM until killed; now the next Ctrl-C stops it."""
     proc, stdout, stderr = run_with_a_ctrl_c(CTRL_C_THAT_PYTHON_SWALLOWS, script, tmp_path,
-                                             then=lambda proc, err: ctrl_c_once_the_first_is_swallowed(proc, err))
+                                             then=ctrl_c_once_the_first_is_swallowed)
     assert proc.returncode == 130 and "Traceback (most recent call last)" in stderr, stderr  # the swallowed one
     assert ("interrupted before training began" in stderr or "interrupted at step" in stdout), (stdout, stderr)
-
-
-def ctrl_c_once_the_first_is_swallowed(proc: subprocess.Popen, err: Path) -> None:
-    wait_until_it_writes(proc, err, "Exception ignored")
-    time.sleep(1.5)  # a stop in the second after one was raised is taken as the same stop
-    os.killpg(proc.pid, signal.SIGINT)
 
 
 # ------------------------------------------------------------------------------------------------ fidelity
