@@ -12,18 +12,20 @@ runs/logs/NAME.log; with --seeds-per-process K, up to K consecutive seeds of one
 subprocess with the scripts' --num-seeds (`--seed N --num-seeds K --run-name ENV__SCRIPT__{seed}`: the same run names),
 logging to runs/logs/ENV__SCRIPT__N-M.log. A failed process is reported with its log and the others go on. Ctrl-C or
 SIGTERM (to benchmark.py alone, `kill PID`, or to its process group) stops a local grid: the running scripts save their
-checkpoints and exit, no further run starts, and --resume continues the grid. A grid whose runs already have results is
-refused unless --resume (skip the finished runs, continue those with a checkpoint) or --overwrite is given. Local runs
-share the cores: each gets OMP_NUM_THREADS = cores / --workers. Every process writes one row per run to
-runs/NAME/provenance.csv (command, start, wall time, exit code, commit, machine, torch version, which build of the
-dataset), so a run directory says how it was made; the row is kept up to date while the process runs, so a killed
-process leaves one too (empty exit code). Then `python benchmarks/report.py` makes the tables.
+checkpoints and exit, no further run starts, and --resume continues the grid (later stops do nothing while they save;
+one that Python swallowed, printed as "Exception ignored", is not taken: the next Ctrl-C stops the grid). A grid whose
+runs already have results is refused unless --resume (skip the finished runs, continue those with a checkpoint) or
+--overwrite is given. Local runs share the cores: each gets OMP_NUM_THREADS = cores / --workers. Every process writes
+one row per run to runs/NAME/provenance.csv (command, start, wall time, exit code, commit, machine, torch version, which
+build of the dataset), so a run directory says how it was made; the row is kept up to date while the process runs, so a
+killed process leaves one too (empty exit code). Then `python benchmarks/report.py` makes the tables.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import platform
 import re
@@ -350,11 +352,18 @@ STOPPING = threading.Event()
 STOP_GRACE_S = 10.0  # how long a stopped grid waits for its scripts to stop by themselves before it stops them
 
 
+last_stop_raised = -math.inf  # time.monotonic() of the last KeyboardInterrupt stop_once raised
+
+
 def stop_once(signum, frame):
-    # Ctrl-C, or SIGTERM (a kill or a cluster's preemption), stops the grid; later ones do nothing while the scripts save
-    # their checkpoints. Not SIG_IGN: Python raises an error for a signal that arrives just before such a switch.
-    if not STOPPING.is_set():
-        STOPPING.set()
+    # Ctrl-C, or SIGTERM (a kill or a cluster's preemption), stops the grid. Once run_local has taken the stop
+    # (STOPPING), later ones do nothing while the scripts save their checkpoints; nor do those in the second after one
+    # is raised, while it travels to run_local. A stop raised where Python swallows exceptions (a __del__ or a weakref
+    # callback, printed as "Exception ignored") is thus not the last: the next Ctrl-C stops the grid. Not SIG_IGN:
+    # Python raises an error for a signal that arrives just before such a switch.
+    global last_stop_raised
+    if not STOPPING.is_set() and time.monotonic() - last_stop_raised > 1.0:
+        last_stop_raised = time.monotonic()
         raise KeyboardInterrupt
 
 
@@ -368,16 +377,17 @@ def run_local(todo: list[Job], workers: int, threads: int, output_dir: Path, pro
     # slow each other down far below half speed (measured: docs/performance.md).
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     with ThreadPoolExecutor(max_workers=workers) as pool:  # threads only wait: the work is in subprocesses
-        futures = {pool.submit(execute, r.command, str(output_dir / "runs" / "logs" / f"{r.name}.log"),
-                               str(output_dir), env, provenance(r), every_s): r for r in todo}
-        recorded = set()
+        futures, recorded = {}, set()
         try:
+            for r in todo:
+                futures[pool.submit(execute, r.command, str(output_dir / "runs" / "logs" / f"{r.name}.log"),
+                                    str(output_dir), env, provenance(r), every_s)] = r
             for future in as_completed(futures):
                 on_done(futures[future], *future.result())
                 recorded.add(future)
         except KeyboardInterrupt:  # the scripts are saving checkpoints: wait for them
-            STOPPING.set()
-            not_started = [futures[future] for future in futures if future.cancel()]
+            STOPPING.set()  # the stop is taken: later ones do nothing, and a process started now is stopped at once
+            not_started = [futures[future] for future in futures if future.cancel()] + todo[len(futures):]
             running = [f for f in futures if not f.cancelled() and f not in recorded]
             print(f"\nstopping: {len(not_started)} processes not started; waiting for the {len(running)} running to "
                   f"save their checkpoints and exit", flush=True)
