@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -80,3 +81,40 @@ def assert_clean_error(result: subprocess.CompletedProcess, *needles: str) -> No
     assert "error" in result.stderr.lower(), result.stderr
     for needle in needles:
         assert needle in result.stderr, (needle, result.stderr)
+
+
+def start_as_from_a_terminal(argv: list[str], cwd: Path | None = None, env: dict | None = None,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT) -> subprocess.Popen:
+    """A Python script (argv[0]) in its own process group, so that a test can signal it and its children together as
+    a terminal's Ctrl-C does, with SIGINT back to its default: a test run started in the background of a
+    non-interactive shell (nohup, CI wrappers) inherits SIGINT ignored, and Python then never raises
+    KeyboardInterrupt. What a user's Ctrl-C does is what is tested, whatever started pytest."""
+    return subprocess.Popen([sys.executable, *argv], cwd=cwd, env=env, stdout=stdout, stderr=stderr, text=True,
+                            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+
+def kill_the_process_group(proc: subprocess.Popen) -> None:
+    """Ends what a test started (the process and any builder or workers of its group), whether or not it still runs."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+# The end of a wrapper script (Python lines that patch something first): runs the command given as its arguments.
+RUN_THE_WRAPPED_COMMAND = """
+import runpy, sys
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+# A stop that Python swallows: KeyboardInterrupt raised inside a __del__ (as inside a weakref callback).
+SWALLOWS_A_STOP = """
+import os, signal, time
+
+
+class SwallowsAStop:
+    def __del__(self):  # an exception raised in a __del__ is printed as 'Exception ignored' and goes no further
+        os.killpg(0, signal.SIGINT)  # a terminal's Ctrl-C: stop_once raises KeyboardInterrupt here
+        time.sleep(0.01)
+"""

@@ -13,7 +13,8 @@ import time
 
 import numpy as np
 import pytest
-from conftest import ROOT, load_script
+from conftest import (ROOT, RUN_THE_WRAPPED_COMMAND, SWALLOWS_A_STOP, kill_the_process_group, load_script,
+                      start_as_from_a_terminal)
 
 FAKE = str(ROOT / "tests" / "fake_algo.py")
 
@@ -49,13 +50,14 @@ def run_benchmark(tmp_path, *extra):
     return subprocess.run(benchmark_command(tmp_path, *extra), capture_output=True, text=True, timeout=300)
 
 
-def start_benchmark_in_its_own_group(tmp_path, *extra):
+def start_benchmark_in_its_own_group(tmp_path, *extra, wrapper: str | None = None):
     """benchmark.py in a new process group, so that a test can signal it and its runs together as a terminal or a
-    stopped session does. A shell's background job ignores SIGINT and a child inherits that: it gets a terminal's
-    default back."""
-    return subprocess.Popen(benchmark_command(tmp_path, *extra), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    stopped session does; under `wrapper` (Python lines that patch something first) when one is given."""
+    argv = benchmark_command(tmp_path, *extra)[1:]
+    if wrapper is not None:
+        (tmp_path / "wrapper.py").write_text(wrapper + RUN_THE_WRAPPED_COMMAND)
+        argv = [str(tmp_path / "wrapper.py"), *argv]
+    return start_as_from_a_terminal(argv)
 
 
 def test_local_runs_report_failures_and_resume_skips_finished(tmp_path):
@@ -254,7 +256,6 @@ def test_ctrl_c_or_sigterm_stops_the_grid_and_resume_finishes_it(tmp_path, stop,
     assert "3 of 3 runs succeeded" in r.stdout
 
 
-
 def test_only_the_first_stop_counts(monkeypatch):
     """The first Ctrl-C or SIGTERM stops the grid; later ones must not interrupt the wait for the scripts' checkpoints
     (a terminal's Ctrl-C often comes with a scheduler's SIGTERM, or twice). A stop raised but never taken (Python
@@ -273,20 +274,14 @@ def test_only_the_first_stop_counts(monkeypatch):
     benchmark.stop_once(signal.SIGINT, None)
 
 
-# benchmark.py run with its wait for the runs starting by a Ctrl-C that Python swallows: KeyboardInterrupt raised
-# inside a __del__ is printed as 'Exception ignored' and goes no further.
-SWALLOWS_THE_FIRST_STOP = """
-import concurrent.futures, os, runpy, signal, sys, time
+# benchmark.py run with its wait for the runs starting by a Ctrl-C that Python swallows once the first run has its
+# stop handler.
+SWALLOWS_THE_FIRST_STOP = SWALLOWS_A_STOP + """
+import concurrent.futures, sys
 from pathlib import Path
 
-first_run = Path(sys.argv[1]) / "runs" / "toy__fake_algo__1" / "invocation.txt"
+first_run = Path(sys.argv[sys.argv.index("--output-dir") + 1]) / "runs" / "toy__fake_algo__1" / "invocation.txt"
 wait_for_the_runs = concurrent.futures.as_completed
-
-
-class SwallowsAStop:
-    def __del__(self):
-        os.killpg(0, signal.SIGINT)  # a terminal's Ctrl-C: benchmark.py's stop_once raises KeyboardInterrupt here
-        time.sleep(0.01)
 
 
 def as_completed(futures):
@@ -298,8 +293,6 @@ def as_completed(futures):
 
 
 concurrent.futures.as_completed = as_completed  # before benchmark.py imports it
-sys.argv = sys.argv[2:]
-runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
@@ -308,11 +301,8 @@ def test_a_grid_stop_that_python_swallowed_is_not_the_last(tmp_path):
     swallowed: the grid goes on with the next run as if nothing was asked of it, and the next Ctrl-C stops it cleanly.
     Before, the swallowed stop counted as taken: every later run was stopped as it started (killed before its
     handler, so reported as failed) and no Ctrl-C reached benchmark.py any more."""
-    (tmp_path / "wrapper.py").write_text(SWALLOWS_THE_FIRST_STOP)
-    argv = benchmark_command(tmp_path, "--num-seeds", "3", "--workers", "1", "--extra-args=--sleep 60")
-    process = subprocess.Popen([sys.executable, str(tmp_path / "wrapper.py"), str(tmp_path), *argv[1:]],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    process = start_benchmark_in_its_own_group(tmp_path, "--num-seeds", "3", "--workers", "1", "--extra-args=--sleep 60",
+                                               wrapper=SWALLOWS_THE_FIRST_STOP)
     try:
         second_run = tmp_path / "runs" / "toy__fake_algo__2" / "invocation.txt"
         deadline = time.time() + 60
@@ -323,15 +313,12 @@ def test_a_grid_stop_that_python_swallowed_is_not_the_last(tmp_path):
             os.killpg(process.pid, signal.SIGINT)
         out, _ = process.communicate(timeout=30)
     finally:
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        kill_the_process_group(process)
     assert "Exception ignored" in out and "FAILED" not in out, out
     assert process.returncode == 130 and "interrupted: 2 runs stopped, 1 not started" in out, out
-    for seed, exit_code in (1, "130"), (2, "130"):
+    for seed in (1, 2):
         with open(tmp_path / "runs" / f"toy__fake_algo__{seed}" / "provenance.csv") as f:
-            assert [row["exit_code"] for row in csv.DictReader(f)] == [exit_code]
+            assert [row["exit_code"] for row in csv.DictReader(f)] == ["130"]
 
 
 def write_run(root, name, scores):

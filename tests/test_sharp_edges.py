@@ -17,7 +17,8 @@ from pathlib import Path
 import h5py
 import pytest
 import torch
-from conftest import ROOT, assert_clean_error, load_script, run_script
+from conftest import (ROOT, RUN_THE_WRAPPED_COMMAND, SWALLOWS_A_STOP, assert_clean_error, kill_the_process_group,
+                      load_script, run_script, start_as_from_a_terminal)
 
 import make_tiny_dataset as tiny
 
@@ -190,34 +191,12 @@ def test_full_disk_while_checkpointing_keeps_the_previous_checkpoint(script, tmp
 
 
 # ------------------------------------------------------------------------------------------------ Ctrl-C in the build
-def start_as_from_a_terminal(argv: list[str], cwd: Path, env: dict, stdout, stderr) -> subprocess.Popen:
-    """A script in its own process group, with SIGINT back to its default: a test run started in the background of a
-    non-interactive shell (nohup, CI wrappers) inherits SIGINT ignored, and Python then never raises
-    KeyboardInterrupt. What a user's Ctrl-C does is what is tested, whatever started pytest."""
-    return subprocess.Popen([sys.executable, *argv], cwd=cwd, env=env, stdout=stdout, stderr=stderr,
-                            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-
-
-def kill_the_process_group(proc: subprocess.Popen) -> None:
-    """Ends what a test started (the process and any builder or workers of its group), whether or not it still runs."""
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
 def wait_until_it_writes(proc: subprocess.Popen, log: Path, pattern: str) -> None:
     """Waits (at most 180 s) until `log` matches the regular expression `pattern`; fails if the process ended first."""
     deadline = time.time() + 180
     while not re.search(pattern, log.read_text()) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
     assert proc.poll() is None and re.search(pattern, log.read_text()), log.read_text()
-
-
-RUN_THE_WRAPPED_COMMAND = """
-import runpy, sys
-sys.argv = sys.argv[1:]
-runpy.run_path(sys.argv[0], run_name="__main__")
-"""
 
 
 def run_wrapped(wrapper: str, argv: list[str], tmp_path: Path, env: dict,
@@ -236,18 +215,6 @@ def run_wrapped(wrapper: str, argv: list[str], tmp_path: Path, env: dict,
         finally:  # a failed case must not leave the command or its workers running
             kill_the_process_group(proc)
     return proc, out.read_text(), err.read_text()
-
-
-# A stop that Python swallows: KeyboardInterrupt raised inside a __del__ (as inside a weakref callback).
-SWALLOWS_A_STOP = """
-import os, signal, time
-
-
-class SwallowsAStop:
-    def __del__(self):  # an exception raised in a __del__ is printed as 'Exception ignored' and goes no further
-        os.killpg(0, signal.SIGINT)  # a terminal's Ctrl-C: stop_once raises KeyboardInterrupt here
-        time.sleep(0.01)
-"""
 
 
 def ctrl_c_once_the_first_is_swallowed(proc: subprocess.Popen, err: Path) -> None:
