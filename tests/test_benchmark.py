@@ -209,7 +209,7 @@ def test_a_killed_process_still_leaves_its_provenance(tmp_path):
                 break
             time.sleep(0.1)
     finally:
-        os.killpg(process.pid, signal.SIGKILL)  # benchmark.py and the run, as a stopped session does
+        kill_the_process_group(process)  # benchmark.py and the run, as a stopped session does
         process.communicate(timeout=30)
     with open(path) as f:
         (row,) = list(csv.DictReader(f))
@@ -244,7 +244,7 @@ def test_ctrl_c_or_sigterm_stops_the_grid_and_resume_finishes_it(tmp_path, stop,
     try:
         out, _ = process.communicate(timeout=30)
     except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
+        kill_the_process_group(process)
         raise
     assert process.returncode == 130, out
     assert "interrupted: 1 runs stopped, 2 not started" in out and "--resume" in out.splitlines()[-1], out
