@@ -3,6 +3,7 @@
 # dataset for SEEDS seeds at one gradient-step budget, then make the tables, curves and robust aggregates.
 #
 #   STEPS=300000 SEEDS=3 bash benchmarks/results_grid.sh                         # the full grid (needs a GPU)
+#   SCRIPTS="baselines/cql_continuous.py misa_continuous.py" bash benchmarks/results_grid.sh  # the cells still owed
 #   STEPS=20 EVAL_FREQ=10 SEEDS=1 ENVS=hopper-medium-replay FINAL_EPISODES=2 bash benchmarks/results_grid.sh  # dry run
 #
 # Every knob is an environment variable (defaults below). Runs land in $OUT/runs/ENV__SCRIPT__SEED (benchmark.py's
