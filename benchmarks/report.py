@@ -2,11 +2,11 @@
 
     python benchmarks/report.py --runs-dir runs --out results/
 
-Run directories are named ENV__ALGO__SEED (benchmark.py) or ENV__ALGO__SEED__TIME (a plain script run); runs of
-the same (ALGO, ENV) are seeds of one cell. Writes OUT/results.md (one table of final scores and one of best scores,
-algorithm x dataset, mean +- std over seeds with the seed count, and a total row; then the robust aggregates of
-Agarwal et al. 2021 computed by rliable: IQM per algorithm and the probability that --reference improves on each other
-algorithm, with stratified-bootstrap CIs; then how each cell was run, from the runs' provenance.csv files that
+Run directories are named ENV__ALGO__SEED (benchmark.py) or ENV__ALGO__SEED__TIME (a plain script run); runs of the same
+(ALGO, ENV) are seeds of one cell. Writes OUT/results.md (one table of final scores and one of best scores, algorithm x
+dataset, mean +- std over seeds with the seed count, and a total row; then the robust aggregates of Agarwal et al. 2021
+computed by rliable: IQM per algorithm and the probability that --reference improves on each other algorithm, then each
+pair of the others, with stratified-bootstrap CIs; then how each cell was run, from the runs' provenance.csv files that
 benchmark.py writes: seeds, steps, wall time, processes per run, machine, torch, commit and command), OUT/curves.png
 (one panel per dataset, one line per algorithm, mean and a +-std band over seeds) and OUT/profile.png (performance
 profiles; removed when there are no robust aggregates).
@@ -47,7 +47,7 @@ class Args:
     env_ids: Optional[list[str]] = None
     """the tables' rows, in this order (default: every dataset found); a missing cell shows as -"""
     reference: str = "misa_continuous"
-    """the algorithm whose probability of improving on each other one is reported"""
+    """the algorithm whose probability of improving on each other one comes first (then every pair of the others)"""
     bootstrap_reps: int = 2000
     """bootstrap resamples for the robust aggregates' confidence intervals (fixed random state: reproducible)"""
 
@@ -187,8 +187,9 @@ def pyplot():
 
 def robust_aggregates(summary, algos, envs, reference: str, reps: int, profile_path: Path) -> str:
     """Agarwal et al. (2021): the interquartile mean of final scores per algorithm and the probability that `reference`
-    improves on each other algorithm, with stratified-bootstrap 95% CIs (seeds resampled within each dataset), and a
-    performance-profile plot; computed by rliable."""
+    improves on each other algorithm (then that each other algorithm improves on those after it in `algos`), with
+    stratified-bootstrap 95% CIs (seeds resampled within each dataset), and a performance-profile plot; computed by
+    rliable."""
 
     from rliable import library as rly
     from rliable import metrics, plot_utils
@@ -207,8 +208,11 @@ def robust_aggregates(summary, algos, envs, reference: str, reps: int, profile_p
              "| algorithm | IQM [95% CI] |", "|---|---|"]
     lines += [f"| {a} | {iqm[a][0]:.1f} [{iqm_ci[a][0][0]:.1f}, {iqm_ci[a][1][0]:.1f}] |" for a in usable]
     others = [a for a in usable if a != reference]
-    if reference in usable and others:
-        pairs = {f"{reference} > {b}": (scores[reference], scores[b]) for b in others}
+    # the reference against each other algorithm, then every pair of the others (in the order of `algos`)
+    ordered = [(reference, b) for b in others if reference in usable]
+    ordered += [(a, b) for i, a in enumerate(others) for b in others[i + 1:]]
+    if ordered:
+        pairs = {f"{a} > {b}": (scores[a], scores[b]) for a, b in ordered}
         np.random.seed(0)
         poi, poi_ci = rly.get_interval_estimates(pairs, metrics.probability_of_improvement, reps=reps)
         lines += ["", "| probability of improvement | P [95% CI] |", "|---|---|"]

@@ -400,6 +400,28 @@ def test_report_robust_aggregates_iqm_probability_of_improvement_and_profile(tmp
     assert again == text
 
 
+def test_report_probability_of_improvement_between_the_baselines_too(tmp_path):
+    """The reference against each other algorithm first, then every pair of the others in --algos order; without the
+    reference (MISA before its cells exist), the baselines' pairs alone."""
+    runs = tmp_path / "runs"
+    levels = {"misa_continuous": 90.0, "cql_continuous": 30.0, "td3_bc_continuous": 60.0}
+    for algo, level in levels.items():
+        for seed in range(3):
+            for env in ["hopper-medium", "walker2d-medium"]:
+                write_run(runs, f"{env}__{algo}__{seed}", [10.0, level + seed])
+    summary = report.summarize(report.load_runs(runs))
+
+    def rows(algos):
+        text = report.robust_aggregates(summary, algos, ["hopper-medium", "walker2d-medium"], "misa_continuous",
+                                        reps=50, profile_path=tmp_path / "profile.png")
+        return [line.split(" [")[0] for line in text.splitlines() if line.startswith("| P(")]
+
+    assert rows(list(levels)) == ["| P(misa_continuous > cql_continuous) | 1.00",
+                                  "| P(misa_continuous > td3_bc_continuous) | 1.00",
+                                  "| P(cql_continuous > td3_bc_continuous) | 0.00"]
+    assert rows(["td3_bc_continuous", "cql_continuous"]) == ["| P(td3_bc_continuous > cql_continuous) | 1.00"]
+
+
 def test_ray_runs_two_jobs(tmp_path):
     pytest.importorskip("ray")
     head = subprocess.run(["ray", "start", "--head", "--node-ip-address", "127.0.0.1", "--port", "6390",
