@@ -209,7 +209,7 @@ def robust_aggregates(summary, algos, envs, reference: str, reps: int, profile_p
     lines += [f"| {a} | {iqm[a][0]:.1f} [{iqm_ci[a][0][0]:.1f}, {iqm_ci[a][1][0]:.1f}] |" for a in usable]
     others = [a for a in usable if a != reference]
     # the reference against each other algorithm, then every pair of the others (in the order of `algos`)
-    ordered = [(reference, b) for b in others if reference in usable]
+    ordered = [(reference, b) for b in others] if reference in usable else []
     ordered += [(a, b) for i, a in enumerate(others) for b in others[i + 1:]]
     if ordered:
         pairs = {f"{a} > {b}": (scores[a], scores[b]) for a, b in ordered}
