@@ -15,6 +15,9 @@
 #   tar xzf results-runs.tar.gz -C docs/results    # adds or replaces docs/results/runs/ENV__SCRIPT__SEED/
 # and benchmarks/report.py writes $OUT/report/. Where the checkout's .git does not travel (a device machine gets a copy
 # of the working tree), name the commit for provenance.csv: BENCHMARK_COMMIT=<git rev-parse HEAD of the checkout>.
+# On a device machine whose own $OUT is emptied before every call, give the grid a folder of its own (OUT=/tmp/grid),
+# start it in the background (setsid nohup) and copy results-runs.tar.gz into that $OUT when collecting: docs/results.md,
+# "How to fill the rest", has the two calls.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
