@@ -1,16 +1,18 @@
 """The docs' line pointers name real code, the README's two commands are the ones CI runs, every flag has one
-paragraph of help, and the committed results table is what report.py makes of the committed runs."""
+paragraph of help, and the committed results tables are what the committed runs give."""
 
 import ast
+import csv
 import os
 import re
 import shlex
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, load_script
 
 
 def test_doc_line_pointers_are_current():
@@ -94,3 +96,39 @@ def test_the_pages_show_the_committed_final_score_table(page):
     assert len(table) == 12 and table[0] in lines  # the header, the rule, nine datasets, the total
     start = lines.index(table[0])
     assert lines[start:start + len(table)] == table
+
+
+def test_the_dataset_by_dataset_table_is_what_the_committed_runs_give():
+    """docs/results.md's table of TD3+BC against IQL per dataset (data's mean, finals, seed pairs won, mean evaluation
+    from 100k to 290k steps) is recomputed from docs/results/runs/, so that it cannot fall behind the committed runs."""
+    page = (ROOT / "docs" / "results.md").read_text()
+    section = page.split("### What the table says, dataset by dataset", 1)[1].split("\n### ", 1)[0]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in section.splitlines() if line.startswith("|")]
+    assert rows[0][0] == "dataset" and len(rows) == 11  # the header, the rule, nine datasets
+    ref_scores = load_script(ROOT / "misa_continuous.py").D4RL_REF_SCORES
+    runs = ROOT / "docs" / "results" / "runs"
+
+    def cell(env, algo):
+        finals, late, data_means = [], [], set()
+        for run in sorted(runs.glob(f"{env}__{algo}__*")):
+            with open(run / "evaluations.csv") as f:
+                evals = list(csv.DictReader(f))
+            assert evals[-1]["final"] == "1"
+            finals.append(float(evals[-1]["normalized_score"]))
+            late.append(np.mean([float(r["normalized_score"]) for r in evals[:-1] if int(r["step"]) >= 100_000]))
+            with open(run / "provenance.csv") as f:
+                data_means |= {float(re.search(r"mean return (-?[\d.]+)", r["dataset"]).group(1))
+                               for r in csv.DictReader(f) if r.get("dataset")}
+        return finals, late, data_means
+
+    for dataset, data_mean, td3_final, iql_final, pairs, evaluations in rows[2:]:
+        td3, td3_late, td3_data = cell(dataset, "td3_bc_continuous")
+        iql, iql_late, iql_data = cell(dataset, "iql_continuous")
+        assert len(td3) == len(iql) == 5
+        ((mean_return,),) = {tuple(td3_data | iql_data)}  # every run that recorded its data read the same build
+        low, high = ref_scores[dataset.split("-")[0]]
+        assert data_mean == f"{100 * (mean_return - low) / (high - low):.1f}", dataset
+        for shown, finals in ((td3_final, td3), (iql_final, iql)):  # mean ± std over seeds, as report.py writes them
+            assert shown == f"{np.mean(finals):.1f} ± {np.std(finals):.1f}", dataset
+        assert pairs == str(sum(a > b for a in td3 for b in iql)), dataset
+        assert evaluations == f"{np.mean(td3_late):.1f}, {np.mean(iql_late):.1f}", dataset
