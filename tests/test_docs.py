@@ -2,7 +2,6 @@
 paragraph of help, and the committed results tables are what the committed runs give."""
 
 import ast
-import csv
 import os
 import re
 import shlex
@@ -106,26 +105,23 @@ def test_the_dataset_by_dataset_table_is_what_the_committed_runs_give():
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in section.splitlines() if line.startswith("|")]
     assert rows[0][0] == "dataset" and len(rows) == 11  # the header, the rule, nine datasets
     ref_scores = load_script(ROOT / "misa_continuous.py").D4RL_REF_SCORES
-    runs = ROOT / "docs" / "results" / "runs"
+    report, runs, final_marks = load_script(ROOT / "benchmarks" / "report.py"), ROOT / "docs" / "results" / "runs", {}
+    curves, provenance = report.load_runs(runs, final_marks), report.load_provenance(runs)
 
-    def cell(env, algo):
-        finals, late, data_means = [], [], set()
-        for run in sorted(runs.glob(f"{env}__{algo}__*")):
-            with open(run / "evaluations.csv") as f:
-                evals = list(csv.DictReader(f))
-            assert evals[-1]["final"] == "1"
-            finals.append(float(evals[-1]["normalized_score"]))
-            late.append(np.mean([float(r["normalized_score"]) for r in evals[:-1] if int(r["step"]) >= 100_000]))
-            with open(run / "provenance.csv") as f:
-                data_means |= {float(re.search(r"mean return (-?[\d.]+)", r["dataset"]).group(1))
-                               for r in csv.DictReader(f) if r.get("dataset")}
+    def cell(env, algo):  # per seed: the final score and the mean evaluation from 100k on; the data's mean returns
+        seeds = sorted(curves[(algo, env)])
+        assert all(final_marks[(algo, env, seed)][1] for seed in seeds)  # every run ends on its final evaluation
+        finals = [curves[(algo, env)][seed][-1][1] for seed in seeds]
+        late = [np.mean([v for step, v in curves[(algo, env)][seed][:-1] if step >= 100_000]) for seed in seeds]
+        data_means = {float(re.search(r"mean return (-?[\d.]+)", row["dataset"]).group(1))
+                      for seed in seeds for row in provenance[(algo, env, seed)] if row.get("dataset")}
         return finals, late, data_means
 
     for dataset, data_mean, td3_final, iql_final, pairs, evaluations in rows[2:]:
         td3, td3_late, td3_data = cell(dataset, "td3_bc_continuous")
         iql, iql_late, iql_data = cell(dataset, "iql_continuous")
         assert len(td3) == len(iql) == 5
-        ((mean_return,),) = {tuple(td3_data | iql_data)}  # every run that recorded its data read the same build
+        (mean_return,) = td3_data | iql_data  # every run that recorded its data read the same build
         low, high = ref_scores[dataset.split("-")[0]]
         assert data_mean == f"{100 * (mean_return - low) / (high - low):.1f}", dataset
         for shown, finals in ((td3_final, td3), (iql_final, iql)):  # mean ± std over seeds, as report.py writes them
