@@ -35,31 +35,36 @@ step() {  # step NAME COMMAND...: run it, its output in DIR/NAME.txt, and say ho
 step machine bash -c "$PY -c 'import torch, triton; print(torch.__version__, torch.version.cuda, triton.__version__)'; \
   nvidia-smi || true"
 S=$SECONDS_PER_CONFIG
-# 0. MISA's fused HMC chain first, the figure most likely to change what a GPU session can train: does it compile
+# 0. CQL at the results grid's own configuration (three and five seeds in one process, CUDA graphs, one and eight steps
+#    per replay), which decides whether a 300k-step CQL cell fits a 15-minute session (docs/results.md): four
+#    configurations, SECONDS_PER_CONFIG (5 s) each timed
+step cql_cells $PY benchmarks/throughput.py --algos cql --modes cuda-graphs --num-seeds 3 5 --steps-per-replay 1 8 \
+  --seconds "$S" --out "$DIR/gpu_cql_cells.json"
+# 1. MISA's fused HMC chain, the figure most likely to change what a GPU session can train: does it compile
 #    here, does it compute what the torch reference computes, and how fast is MISA's step with it
 step fused_compile $PY benchmarks/compile_fused_hmc.py
 step fused_check $PY benchmarks/check_cuda_graphs.py --algos misa --fused-hmc --steps 200
 step fused_speed $PY benchmarks/throughput.py --algos misa --modes cuda-graphs compile+cuda-graphs \
   --fused-hmc False True --num-seeds 1 16 --seconds "$S" --out "$DIR/gpu_fused_hmc.json"
-# 1. every mode of every script, with the operation count of the eager step
+# 2. every mode of every script, with the operation count of the eager step
 step modes $PY benchmarks/throughput.py --modes eager cuda-graphs compile+cuda-graphs --seconds "$S" --count-ops \
   --out "$DIR/gpu_modes.json"
-# 2. many seeds in one process
+# 3. many seeds in one process
 step num_seeds $PY benchmarks/throughput.py --modes cuda-graphs compile+cuda-graphs --num-seeds 1 4 16 64 \
   --seconds "$S" --out "$DIR/gpu_num_seeds.json"
-# 3. several steps per graph replay (the baselines, which are launch-bound)
+# 4. several steps per graph replay (the baselines, which are launch-bound)
 step replay $PY benchmarks/throughput.py --algos td3_bc iql cql --modes cuda-graphs compile+cuda-graphs \
   --steps-per-replay 1 8 32 --seconds "$S" --out "$DIR/gpu_replay.json"
-# 4. where MISA's and CQL's time goes
+# 5. where MISA's and CQL's time goes
 step profile $PY benchmarks/throughput.py --algos misa cql --modes cuda-graphs compile+cuda-graphs --seconds "$S" \
   --profile 3
-# 5. TF32 matrix products
+# 6. TF32 matrix products
 step tf32 $PY benchmarks/throughput.py --modes cuda-graphs compile+cuda-graphs --tf32 --seconds "$S" \
   --out "$DIR/gpu_tf32.json"
-# 6. the fast paths compute what the eager step computes
+# 7. the fast paths compute what the eager step computes
 step check_graphs $PY benchmarks/check_cuda_graphs.py --num-seeds 4 --steps-per-replay 5
 step check_compile $PY benchmarks/check_cuda_graphs.py --compile
-# 7. TF32 learning ablation: the same seed in FP32 and in TF32, then the side-by-side report
+# 8. TF32 learning ablation: the same seed in FP32 and in TF32, then the side-by-side report
 for precision in fp32 tf32; do
   flag=$([ $precision = tf32 ] && echo --tf32)
   # shellcheck disable=SC2086
