@@ -18,6 +18,7 @@ SECONDS_PER_CONFIG=${SECONDS_PER_CONFIG:-5}  # throughput.py --seconds for every
 ABLATION_STEPS=${ABLATION_STEPS:-5000}      # gradient steps of each run of the TF32 learning ablation
 ABLATION_FLAGS=${ABLATION_FLAGS---compile}  # the mode both ablation runs use (empty: eager)
 PY=${PY:-python3}
+case $PY in */*) PY=$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY") ;; esac  # a path works from DIR too (step 8)
 source benchmarks/use_wheels.sh  # a GPU machine without network: the packages its Python lacks (fetch_device_wheels.sh)
 mkdir -p "$DIR"
 DIR=$(cd "$DIR" && pwd)
@@ -31,6 +32,11 @@ step() {  # step NAME COMMAND...: run it, its output in DIR/NAME.txt, and say ho
   rc=$?
   echo "== $name: exit $rc after $(( $(date +%s) - t0 )) s"
 }
+
+# The TF32 ablation's dataset (step 8), a 1M-step build (2-4 min on one core of a Xeon), is built from the start in the
+# background on one CPU core, so that it does not take device time there (the GPU steps keep the other cores)
+OMP_NUM_THREADS=1 $PY tools/make_dataset.py hopper-medium --workers 1 > "$DIR/build_hopper-medium.txt" 2>&1 &
+ablation_build=$!
 
 step machine bash -c "$PY -c 'import torch, triton; print(torch.__version__, torch.version.cuda, triton.__version__)'; \
   nvidia-smi || true"
@@ -65,6 +71,7 @@ step tf32 $PY benchmarks/throughput.py --modes cuda-graphs compile+cuda-graphs -
 step check_graphs $PY benchmarks/check_cuda_graphs.py --num-seeds 4 --steps-per-replay 5
 step check_compile $PY benchmarks/check_cuda_graphs.py --compile
 # 8. TF32 learning ablation: the same seed in FP32 and in TF32, then the side-by-side report
+step ablation_data wait $ablation_build
 for precision in fp32 tf32; do
   flag=$([ $precision = tf32 ] && echo --tf32)
   # shellcheck disable=SC2086
