@@ -240,6 +240,7 @@ def print_tables(results: list[dict], header: dict) -> None:
 def main(args: Args) -> int:
     """Times every configuration; one that fails (a kernel that does not compile on this GPU, memory) is recorded
     with its error and the next one runs. Returns the exit status: 1 if any configuration failed."""
+    torch.set_flush_denormal(True)  # as the scripts' main() does, before torch's thread pool starts
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")

@@ -1,9 +1,14 @@
 """The fast paths of the speed round beside their references, on the CPU: --steps-per-replay (several training steps
 per call of the step, one CUDA-graph replay on a GPU) takes exactly the steps that one step per call takes, the
-device-side watch of non-finite losses names the right step, no training step reads back from the device, and
-benchmarks/compare_runs.py reports two runs side by side. benchmarks/check_cuda_graphs.py is the GPU counterpart."""
+device-side watch of non-finite losses names the right step, no training step reads back from the device, a run
+computes with denormal floats flushed to zero in all its threads, and benchmarks/compare_runs.py reports two runs side
+by side. benchmarks/check_cuda_graphs.py is the GPU counterpart."""
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -166,3 +171,21 @@ def test_throughput_records_a_failing_configuration_and_times_the_rest(tmp_path,
     assert failed["algo"] == "td3_bc" and failed["error"] == "RuntimeError: out of resources: shared memory"
     assert "steps_per_s" not in failed
     assert timed["algo"] == "iql" and "error" not in timed and timed["steps_per_s"] > 0 and timed["steps_timed"] >= 5
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_a_run_flushes_denormal_floats_in_every_thread(datasets_root, tmp_path, name):
+    """main() switches the CPU to flush denormal floats to zero before torch starts its thread pool, which inherits the
+    switch: after a short run, 1e-39 * 1 is 0 in both threads' halves of a two-thread op. Without the switch every
+    element stays 1e-39; with it set after the pool had started, the other thread's half would."""
+    path, *_ = CASES[name]
+    run = [str(ROOT / path), "--env-id", "test/pendulum/energy-v0", "--total-timesteps", "2", "--eval-freq", "2",
+           "--eval-episodes", "1", "--final-eval-episodes", "1", "--hidden-dim", "16", "--no-cuda", "--run-name", "r"]
+    check = ("import runpy, sys, torch\n"
+             f"sys.argv = {run!r}\n"
+             "runpy.run_path(sys.argv[0], run_name='__main__')\n"
+             "print('denormals left', int((torch.full((1 << 20,), 1e-39) * 1.0).count_nonzero()), torch.get_num_threads())\n")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"} | {"OMP_NUM_THREADS": "2"}
+    r = subprocess.run([sys.executable, "-c", check], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == "denormals left 0 2", r.stdout
