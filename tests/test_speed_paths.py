@@ -184,8 +184,10 @@ def test_a_run_flushes_denormal_floats_in_every_thread(datasets_root, tmp_path, 
     check = ("import runpy, sys, torch\n"
              f"sys.argv = {run!r}\n"
              "runpy.run_path(sys.argv[0], run_name='__main__')\n"
-             "print('denormals left', int((torch.full((1 << 20,), 1e-39) * 1.0).count_nonzero()), torch.get_num_threads())\n")
+             "left = int((torch.full((1 << 20,), 1e-39) * 1.0).count_nonzero())\n"
+             "print('denormals left', left, torch.get_num_threads())\n")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"} | {"OMP_NUM_THREADS": "2"}
-    r = subprocess.run([sys.executable, "-c", check], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    r = subprocess.run([sys.executable, "-c", check], cwd=tmp_path, env=env, capture_output=True, text=True,
+                       timeout=600)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().splitlines()[-1] == "denormals left 0 2", r.stdout
