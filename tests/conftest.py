@@ -63,7 +63,7 @@ torch.set_num_threads(1)
 
 def run_script(script: str, *args: str, cwd: Path, timeout: float = 600,
                extra_env: dict | None = None) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", **(extra_env or {}))
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1") | (extra_env or {})
     del env["TRITON_INTERPRET"]
     return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=timeout)

@@ -6,10 +6,6 @@ by side. benchmarks/check_cuda_graphs.py is the GPU counterpart."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 from conftest import ROOT, load_script, read_csv_rows, run_script
@@ -179,15 +175,14 @@ def test_a_run_flushes_denormal_floats_in_every_thread(datasets_root, tmp_path, 
     switch: after a short run, 1e-39 * 1 is 0 in both threads' halves of a two-thread op. Without the switch every
     element stays 1e-39; with it set after the pool had started, the other thread's half would."""
     path, *_ = CASES[name]
-    run = [str(ROOT / path), "--env-id", "test/pendulum/energy-v0", "--total-timesteps", "2", "--eval-freq", "2",
-           "--eval-episodes", "1", "--final-eval-episodes", "1", "--hidden-dim", "16", "--no-cuda", "--run-name", "r"]
-    check = ("import runpy, sys, torch\n"
-             f"sys.argv = {run!r}\n"
-             "runpy.run_path(sys.argv[0], run_name='__main__')\n"
-             "left = int((torch.full((1 << 20,), 1e-39) * 1.0).count_nonzero())\n"
-             "print('denormals left', left, torch.get_num_threads())\n")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"} | {"OMP_NUM_THREADS": "2"}
-    r = subprocess.run([sys.executable, "-c", check], cwd=tmp_path, env=env, capture_output=True, text=True,
-                       timeout=600)
+    check = tmp_path / "run_then_check.py"  # the script's run, then a two-thread op in the same process
+    check.write_text("import runpy, sys, torch\n"
+                     "sys.argv = sys.argv[1:]\n"
+                     "runpy.run_path(sys.argv[0], run_name='__main__')\n"
+                     "left = int((torch.full((1 << 20,), 1e-39) * 1.0).count_nonzero())\n"
+                     "print('denormals left', left, torch.get_num_threads())\n")
+    r = run_script(str(check), str(ROOT / path), "--env-id", "test/pendulum/energy-v0", "--total-timesteps", "2",
+                   "--eval-freq", "2", "--eval-episodes", "1", "--final-eval-episodes", "1", "--hidden-dim", "16",
+                   "--no-cuda", "--run-name", "r", cwd=tmp_path, extra_env={"OMP_NUM_THREADS": "2"})
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().splitlines()[-1] == "denormals left 0 2", r.stdout
